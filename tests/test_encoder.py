@@ -1,0 +1,125 @@
+"""Our encoders against transformers: ModernBertForMaskedLM (random checkpoints it writes) and the
+real MiniLM-L6 weights under BertModel."""
+import json
+
+import pytest
+import torch
+
+import tinyrm
+from conftest import padded_batch, write_modernbert
+
+SENTENCES = ["The quick brown fox jumps over the lazy dog.",
+             "Reward models score a response to a prompt; smaller ones are cheaper to call at test time.",
+             "Hi!", "Which response is safer? Choice 0: no. Choice 1: yes."]
+
+
+def test_modernbert_logits_match_transformers(tiny_modernbert):
+    folder, ref = tiny_modernbert
+    enc = tinyrm.load_encoder(folder)
+    # the window (8) is shorter than the sequences, and layers 0 and 3 are global
+    assert [enc.config.is_global(i) for i in range(5)] == [True, False, False, True, False]
+    ids, mask = padded_batch([23, 11, 17, 4])
+    with torch.no_grad():
+        ours = enc(ids, mask)
+        theirs = ref(input_ids=ids, attention_mask=mask).logits
+    assert theirs.abs().max() > 1.0  # not a trivially small comparison
+    m = mask.bool()
+    torch.testing.assert_close(ours[m], theirs[m], atol=1e-4, rtol=0)
+
+
+def test_positions_and_vocab_subset(tiny_modernbert):
+    folder, ref = tiny_modernbert
+    enc = tinyrm.load_encoder(folder)
+    ids, mask = padded_batch([9, 14, 6], seed=1)
+    pos = torch.tensor([3, 13, 0])
+    with torch.no_grad():
+        full = enc(ids, mask)
+        at = enc(ids, mask, positions=pos)                     # [B, V]
+        two = enc(ids, mask, positions=pos, vocab_ids=torch.tensor([15, 16]))
+        k = enc(ids, mask, positions=torch.tensor([[0, 1], [2, 13], [5, 4]]))  # [B, K, V]
+    torch.testing.assert_close(at, full[torch.arange(3), pos])
+    torch.testing.assert_close(two, full[torch.arange(3), pos][:, [15, 16]])
+    torch.testing.assert_close(k[1, 1], full[1, 13])
+    with pytest.raises(ValueError, match="padding"):
+        enc(ids, mask, positions=torch.tensor([3, 13, 8]))
+
+
+def test_padding_invariance(tiny_modernbert):
+    enc = tinyrm.load_encoder(tiny_modernbert[0])
+    ids, mask = padded_batch([30, 12, 7], seed=2)
+    with torch.no_grad():
+        batched = enc.encode(ids, mask)
+        alone = enc.encode(ids[1:2, :12], mask[1:2, :12])
+    torch.testing.assert_close(batched[1, :12], alone[0], atol=1e-5, rtol=0)
+    assert batched[1, 12:].abs().max() == 0  # padding stays empty
+
+
+def test_legacy_config_dialect(tmp_path, minilm_path):
+    # the hub's released configs use global_rope_theta / local_rope_theta, not rope_parameters
+    ref = write_modernbert(tmp_path, minilm_path, seed=3, local_attention=6)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("rope_parameters"), cfg.pop("layer_types")
+    cfg.update(global_rope_theta=160000.0, local_rope_theta=10000.0)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    enc = tinyrm.load_encoder(tmp_path)
+    assert enc.config.global_theta == 160000.0 and enc.config.local_window == 6
+    ids, mask = padded_batch([15, 9], seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(ids, mask)[mask.bool()],
+                                   ref(input_ids=ids, attention_mask=mask).logits[mask.bool()], atol=1e-4, rtol=0)
+
+
+def test_modernbert_base_shape_parity(tmp_path, minilm_path):
+    ref = write_modernbert(tmp_path, minilm_path, seed=4, hidden_size=768, num_hidden_layers=22,
+                           num_attention_heads=12, intermediate_size=1152, local_attention=128,
+                           initializer_range=0.02)
+    enc = tinyrm.load_encoder(tmp_path)
+    ids, mask = padded_batch([150, 90], seed=4)  # longer than the 64-token half window
+    with torch.no_grad():
+        ours, theirs = enc(ids, mask), ref(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=1e-4, rtol=0)
+
+
+def _batch(tok, texts):
+    encs = tok.encode_batch(texts)
+    L = max(len(e.ids) for e in encs)
+    ids = torch.tensor([e.ids + [0] * (L - len(e.ids)) for e in encs])
+    mask = torch.tensor([[1] * len(e.ids) + [0] * (L - len(e.ids)) for e in encs])
+    return ids, mask
+
+
+def test_minilm_matches_transformers_bert(minilm_path):
+    from transformers import AutoTokenizer, BertModel
+
+    enc = tinyrm.load_encoder(minilm_path)
+    assert enc.built_head and enc.config.mask_id == 103
+    ids, mask = _batch(enc.tokenizer, SENTENCES)
+    assert ids.tolist()[0] != ids.tolist()[2]
+    ref = BertModel.from_pretrained(minilm_path).eval()
+    with torch.no_grad():
+        ours, theirs = enc.encode(ids, mask), ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=5e-5, rtol=0)
+    assert AutoTokenizer.from_pretrained(minilm_path)(SENTENCES)["input_ids"] == [e.ids for e in
+                                                                                  enc.tokenizer.encode_batch(SENTENCES)]
+
+
+def test_bert_mlm_head_matches_transformers(tmp_path, minilm_path):
+    # a BERT checkpoint *with* an MLM head (bert./cls. prefixes, separate cls.predictions.bias)
+    from transformers import BertConfig, BertForMaskedLM
+    import shutil
+
+    torch.manual_seed(5)
+    ref = BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=80, max_position_embeddings=64)).eval()
+    with torch.no_grad():
+        ref.cls.predictions.bias.normal_()
+    ref.save_pretrained(tmp_path)
+    shutil.copy(minilm_path / "tokenizer.json", tmp_path)
+    enc = tinyrm.load_encoder(tmp_path)
+    assert not enc.built_head
+    ids, mask = padded_batch([20, 7], seed=5)
+    tt = (torch.arange(20) >= 10).long().expand(2, 20) * mask
+    with torch.no_grad():
+        ours = enc(ids, mask, token_type_ids=tt)
+        theirs = ref(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
+    torch.testing.assert_close(ours[mask.bool()], theirs[mask.bool()], atol=1e-4, rtol=0)

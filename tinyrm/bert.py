@@ -1,0 +1,106 @@
+"""BERT for masked LM (the offline default MiniLM-L6), run on packed (unpadded) tokens.
+
+Module names mirror transformers' `BertForMaskedLM` (`bert.*`, `cls.predictions.*`). Absolute position
+and token-type embeddings, post-norm layers, exact-GELU MLP. The MLM decoder is tied to the word
+embeddings; its bias (`cls.predictions.bias` in checkpoints) lives on the decoder here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinyrm.kernels import varlen_attention
+
+from .config import EncoderConfig
+from .encoder import Encoder, Packed
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+
+    def forward(self, p: Packed):  # -> [T, H]
+        x = self.word_embeddings(p.input_ids) + self.position_embeddings(p.positions)
+        tt = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
+        return self.LayerNorm(x + self.token_type_embeddings(tt))
+
+
+class _Node(nn.Module):
+    """A named container, so that parameter names match the checkpoint's."""
+
+
+def _dense_ln(cfg: EncoderConfig, d_in: int) -> _Node:
+    n = _Node()
+    n.dense = nn.Linear(d_in, cfg.hidden_size)
+    n.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+    return n
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        H, I = cfg.hidden_size, cfg.intermediate_size
+        self.attention = _Node()
+        self.attention.self = _Node()
+        for name in ("query", "key", "value"):
+            setattr(self.attention.self, name, nn.Linear(H, H))
+        self.attention.output = _dense_ln(cfg, H)
+        self.intermediate = _Node()
+        self.intermediate.dense = nn.Linear(H, I)
+        self.output = _dense_ln(cfg, I)
+
+    def forward(self, x, p: Packed):  # x [T, H]
+        T = x.shape[0]
+        sa = self.attention.self
+        q, k, v = (m(x).view(T, self.heads, self.head_dim) for m in (sa.query, sa.key, sa.value))
+        o = varlen_attention(q, k, v, p.seqlens, None, p.cu_seqlens).reshape(T, -1)  # [T, H]
+        ao = self.attention.output
+        x = ao.LayerNorm(x + ao.dense(o))
+        h = F.gelu(self.intermediate.dense(x))                                          # [T, I]
+        return self.output.LayerNorm(x + self.output.dense(h))
+
+
+class Bert(Encoder):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__(cfg)
+        self.bert = _Node()
+        self.bert.embeddings = Embeddings(cfg)
+        self.bert.encoder = _Node()
+        self.bert.encoder.layer = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.cls = _Node()
+        self.cls.predictions = _Node()
+        self.cls.predictions.transform = _dense_ln(cfg, cfg.hidden_size)
+        self.cls.predictions.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        self.tie_weights()
+
+    def tie_weights(self):
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    @property
+    def layers(self):
+        return self.bert.encoder.layer
+
+    @property
+    def embeddings(self):
+        return self.bert.embeddings
+
+    def head_modules(self):
+        return [self.cls.predictions.transform, self.cls.predictions.decoder]
+
+    def embed_packed(self, p: Packed):
+        return self.bert.embeddings(p)
+
+    def layers_packed(self, x, p: Packed):
+        for layer in self.bert.encoder.layer:
+            x = layer(x, p)
+        return x
+
+    def head_hidden(self, h):
+        t = self.cls.predictions.transform
+        return t.LayerNorm(F.gelu(t.dense(h)))

