@@ -66,3 +66,21 @@ def test_reference_is_itself_right_on_one_sequence():
     q, k, v = (torch.randn(5, 1, 4, dtype=torch.float64) for _ in range(3))
     textbook = F.softmax(q[:, 0] @ k[:, 0].T / 2.0, -1) @ v[:, 0]
     torch.testing.assert_close(varlen_attention_reference(q, k, v, [5])[:, 0], textbook)
+
+
+def test_bradley_terry_loss_hand_values():
+    from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
+
+    d = torch.tensor([0.0, 2.0, -1.0, 1000.0, -1000.0], dtype=torch.float64)
+    per = bradley_terry_loss(d, reduction="none")
+    # -log(1/(1+e^-x)) = log(1 + e^-x)
+    expect = [math.log(2.0), math.log(1 + math.exp(-2)), math.log(1 + math.e), 0.0, 1000.0]
+    torch.testing.assert_close(per, torch.tensor(expect, dtype=torch.float64))
+    # a margin shifts the difference: loss(d, m) == loss(d - m)
+    torch.testing.assert_close(bradley_terry_loss(d[:3], margin=0.5), bradley_terry_loss(d[:3] - 0.5))
+    # gradient is -sigmoid(-d)/N
+    x = d[:3].clone().requires_grad_()
+    bradley_terry_loss(x).backward()
+    torch.testing.assert_close(x.grad, -torch.sigmoid(-d[:3]) / 3)
+    s = preference_stats(torch.tensor([0.0, 1.0, -2.0, 3.0]))
+    assert s == {"acc": 0.5, "margin": 0.5}  # the tie counts as wrong

@@ -1,0 +1,300 @@
+"""Preference data: every row shape, bad rows, skip reports, mixes, validation split, overlap removal."""
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tinyrm.data import (DataError, MixEntry, PreferencePair, SkipReport, drop_overlap, load_mix,
+                         prompt_hash, read_pairs, render_turns, split_validation)
+
+SHARED = Path("/work/shared/data")
+needs_shared = pytest.mark.skipif(not SHARED.exists() and os.environ.get("CI") != "true",
+                                  reason="shared data absent (fails instead under CI=true)")
+
+
+def write(path: Path, rows, gz=False) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    text = "\n".join(lines) + "\n"
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def hh(*turns):
+    return "".join(f"\n\n{r}: {t}" for r, t in turns)
+
+
+# ---- formats ----
+
+def test_generic_with_domain_and_source_precedence(tmp_path):
+    f = write(tmp_path / "mine.jsonl", [
+        {"prompt": "Q1", "chosen": "good", "rejected": "bad", "domain": "chat", "source": "up"},
+        {"prompt": "Q2", "chosen": "good", "rejected": "bad"},
+    ])
+    pairs, rep = read_pairs(f)
+    assert pairs == [PreferencePair("Q1", "good", "bad", "chat", "up"),
+                     PreferencePair("Q2", "good", "bad", None, "mine")]
+    assert (rep.total, rep.skipped) == (2, 0)
+    pairs, _ = read_pairs(f, domain="safety", source="S")  # arguments beat row fields
+    assert [(p.domain, p.source) for p in pairs] == [("safety", "S"), ("safety", "S")]
+
+
+def test_gzip_and_stem(tmp_path):
+    f = write(tmp_path / "packed.jsonl.gz", [{"prompt": "Q", "chosen": "a", "rejected": "b"}], gz=True)
+    pairs, _ = read_pairs(f)
+    assert pairs == [PreferencePair("Q", "a", "b", None, "packed")]
+
+
+def test_hh_single_and_multi_turn(tmp_path):
+    single = {"chosen": hh(("Human", "Hi there?"), ("Assistant", " Hello!  ")),
+              "rejected": hh(("Human", "Hi there?"), ("Assistant", "Go away."))}
+    multi = {"chosen": hh(("Human", "A?"), ("Assistant", "B."), ("Human", "C?"), ("Assistant", "Yes.")),
+             "rejected": hh(("Human", "A?"), ("Assistant", "B."), ("Human", "C?"), ("Assistant", "No."))}
+    pairs, _ = read_pairs(write(tmp_path / "hh.jsonl", [single, multi]))
+    assert pairs[0] == PreferencePair("Hi there?", "Hello!", "Go away.", None, "hh")
+    assert pairs[1].prompt == "User: A?\n\nAssistant: B.\n\nUser: C?"
+    assert (pairs[1].chosen, pairs[1].rejected) == ("Yes.", "No.")
+
+
+def test_hh_response_containing_its_own_assistant_marker(tmp_path):
+    # Seen in the real data: a response that hallucinates a further turn. The prompt is the last
+    # "\n\nAssistant:" shared by both transcripts, not the chosen one's own last marker.
+    row = {"chosen": hh(("Human", "Q?"), ("Assistant", "Sure.\n\nAssistant: more")),
+           "rejected": hh(("Human", "Q?"), ("Assistant", "No."))}
+    (p,), _ = read_pairs(write(tmp_path / "x.jsonl", [row]))
+    assert (p.prompt, p.chosen, p.rejected) == ("Q?", "Sure.\n\nAssistant: more", "No.")
+
+
+def test_hh_without_shared_prefix_is_an_error(tmp_path):
+    row = {"chosen": hh(("Human", "Q?"), ("Assistant", "A")), "rejected": "something else\n\nAssistant: B"}
+    f = write(tmp_path / "x.jsonl", [row])
+    with pytest.raises(DataError, match=rf"^{f}:1: no shared prefix"):
+        read_pairs(f)
+
+
+def test_trl_conversational(tmp_path):
+    u, a, s = "user", "assistant", "system"
+    m = lambda r, c: {"role": r, "content": c}  # noqa: E731
+    rows = [
+        {"prompt": [m(u, "Hi?")], "chosen": [m(a, " Hello ")], "rejected": [m(a, "Bye")]},
+        {"chosen": [m(u, "A?"), m(a, "B."), m(u, "C?"), m(a, "Yes")],
+         "rejected": [m(u, "A?"), m(a, "B."), m(u, "C?"), m(a, "No")]},
+        {"prompt": [m(s, "Be kind."), m(u, "Q")], "chosen": [m(a, "x")], "rejected": [m(a, "y")]},
+        {"prompt": "plain text prompt", "chosen": [m(a, "x")], "rejected": [m(a, "y")]},
+    ]
+    pairs, _ = read_pairs(write(tmp_path / "trl.jsonl", rows))
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
+        ("Hi?", "Hello", "Bye"),
+        ("User: A?\n\nAssistant: B.\n\nUser: C?", "Yes", "No"),
+        ("System: Be kind.\n\nUser: Q", "x", "y"),
+        ("plain text prompt", "x", "y"),
+    ]
+
+
+def test_trl_errors(tmp_path):
+    m = lambda r, c: {"role": r, "content": c}  # noqa: E731
+    f = write(tmp_path / "t.jsonl", [
+        {"chosen": [m("user", "A"), m("assistant", "x")], "rejected": [m("user", "B"), m("assistant", "y")]},
+        {"prompt": [m("user", "A")], "chosen": [m("user", "x")], "rejected": [m("assistant", "y")]},
+        {"prompt": [m("user", "A")], "chosen": [{"role": "assistant"}], "rejected": [m("assistant", "y")]},
+    ])
+    _, rep = read_pairs(f, skip_bad=True)
+    assert rep.reasons == Counter({"no shared prefix": 1, "no assistant message": 1, "wrong type": 1})
+
+
+def test_rewardbench_row(tmp_path):
+    row = {"prompt": "P", "chosen": "c", "chosen_model": "m1", "rejected": "r", "rejected_model": "m2",
+           "subset": "hep-go", "id": 17}
+    (p,), _ = read_pairs(write(tmp_path / "rb.jsonl", [row]))
+    assert p == PreferencePair("P", "c", "r", None, "rb", subset="hep-go", id="17")
+
+
+def test_render_turns_rule():
+    assert render_turns([("user", " only ")]) == "only"
+    assert render_turns([("Human", "a"), ("assistant", "b"), ("user", "c")]) == "User: a\n\nAssistant: b\n\nUser: c"
+    assert render_turns([("assistant", "hi")]) == "Assistant: hi"  # a lone non-user turn keeps its tag
+
+
+# ---- bad rows ----
+
+BAD_ROWS = [
+    ('{"prompt": "Q", "chosen": "a", "rejected": "b"}', None),
+    ('{"prompt": "Q", "chosen": "a", "rejected": ', "bad JSON"),
+    ('{"prompt": "Q", "chosen": "a"}', "missing field"),
+    ('{"prompt": 3, "chosen": "a", "rejected": "b"}', "wrong type"),
+    ('{"prompt": "Q", "chosen": "  ", "rejected": "b"}', "empty response"),
+    ('{"prompt": "Q", "chosen": "same", "rejected": "same "}', "identical responses"),
+    ('[1, 2]', "wrong type"),
+    ('{"prompt": "Q", "chosen": "a", "rejected": "b", "domain": 5}', "wrong type"),
+    ('{"chosen": "no transcript here", "rejected": "b"}', "missing field"),
+]
+
+
+@pytest.mark.parametrize("line,reason", [r for r in BAD_ROWS if r[1]])
+def test_bad_row_raises_with_file_and_line(tmp_path, line, reason):
+    f = write(tmp_path / "bad.jsonl", [BAD_ROWS[0][0], "", line])  # line 2 is blank: still counted
+    with pytest.raises(DataError, match=rf"^{f}:3: {reason}") as e:
+        read_pairs(f)
+    assert (e.value.line, e.value.reason) == (3, reason)
+
+
+def test_skip_report_counts_and_summary(tmp_path):
+    f = write(tmp_path / "file.jsonl", [r for r, _ in BAD_ROWS] + [BAD_ROWS[1][0]])
+    pairs, rep = read_pairs(f, skip_bad=True)
+    assert len(pairs) == 1 and rep.total == 10 and rep.skipped == 9
+    assert rep.reasons == Counter({"wrong type": 3, "bad JSON": 2, "missing field": 2,
+                                   "empty response": 1, "identical responses": 1})
+    assert str(rep) == ("skipped 9 of 10 rows in file.jsonl: 3 wrong type, 2 bad JSON, 2 missing field, "
+                        "1 empty response, 1 identical responses")
+    assert str(SkipReport("d/x.jsonl", total=4)) == "skipped 0 of 4 rows in x.jsonl"
+
+
+# ---- shipped files ----
+
+# rows per the README table; skipped rows counted by reason (checked by hand against the raw files:
+# e.g. ultrafeedback-train has 4 rows with chosen == rejected, one empty chosen, one empty rejected)
+TRAIN = {
+    "hh-rlhf-harmless-base-test.jsonl.gz": (2312, {"empty response": 4}),
+    "hh-rlhf-harmless-sample.jsonl": (500, {}),
+    "hh-rlhf-helpful-sample.jsonl": (500, {"empty response": 1}),
+    "ultrafeedback-train.jsonl": (1000, {"identical responses": 4, "empty response": 2}),
+    "ultrafeedback-eval.jsonl": (200, {"identical responses": 1}),
+    "pku-saferlhf-sample.jsonl": (500, {}),
+    "chatbot-arena-sample.jsonl": (420, {"identical responses": 5}),
+    "dahoas-synthetic-sample.jsonl": (500, {}),
+    "stack-exchange-sample.jsonl": (465, {}),
+    "rmb-chat.jsonl.gz": (4455, {"identical responses": 7}),
+    "rmb-safety.jsonl.gz": (3336, {"empty response": 2, "identical responses": 1}),
+    "rmb-reasoning.jsonl.gz": (1479, {}),
+}
+README_DOMAIN = {"hh-rlhf-harmless-base-test.jsonl.gz": None, "hh-rlhf-harmless-sample.jsonl": None,
+                 "hh-rlhf-helpful-sample.jsonl": None, "pku-saferlhf-sample.jsonl": "safety",
+                 "stack-exchange-sample.jsonl": "reasoning", "rmb-safety.jsonl.gz": "safety",
+                 "rmb-reasoning.jsonl.gz": "reasoning"}
+
+
+@needs_shared
+@pytest.mark.parametrize("name", sorted(TRAIN))
+def test_shipped_training_files(name):
+    rows, skips = TRAIN[name]
+    pairs, rep = read_pairs(SHARED / "train" / name, skip_bad=True)
+    assert rep.total == rows and dict(rep.reasons) == skips and len(pairs) == rows - sum(skips.values())
+    assert {p.domain for p in pairs} == {README_DOMAIN.get(name, "chat")}
+    assert all(p.prompt.strip() and p.chosen.strip() and p.rejected.strip() for p in pairs)
+    if name.startswith("hh-"):
+        assert all(not p.prompt.startswith("\n") and "Human:" not in p.prompt.split("\n\n")[0] for p in pairs)
+
+
+RB_SUBSETS = {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
+              "mt-bench-med": 40, "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
+              "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
+              "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 154,
+              "xstest-should-respond": 250, "donotanswer": 136, "math-prm": 447, "hep-cpp": 164,
+              "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164}
+
+
+@needs_shared
+def test_shipped_rewardbench():
+    pairs, rep = read_pairs(SHARED / "rewardbench" / "filtered.jsonl")  # strict: no row may be bad
+    assert len(pairs) == rep.total == 2985
+    assert Counter(p.subset for p in pairs) == RB_SUBSETS
+    assert len({(p.subset, p.id) for p in pairs}) == 2985
+
+
+# ---- mixes ----
+
+def _rows(n, tag):
+    return [{"prompt": f"{tag}{i}", "chosen": "c", "rejected": "r"} for i in range(n)]
+
+
+def test_mix_weights(tmp_path):
+    a = write(tmp_path / "a.jsonl", _rows(10, "a"))
+    b = write(tmp_path / "b.jsonl", _rows(4, "b"))
+    mix, reps = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=3)
+    counts = Counter(p.prompt for p in mix)
+    assert len(mix) == 22 and len(reps) == 2
+    assert all(counts[f"a{i}"] == 2 for i in range(10))           # 2.0: every row twice
+    assert sorted(counts[f"b{i}"] for i in range(4)) == [0, 0, 1, 1]  # 0.5: half the rows, once
+    assert {p.domain for p in mix if p.prompt[0] == "b"} == {"safety"}
+    mix2, _ = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=3)
+    assert [p.prompt for p in mix2] == [p.prompt for p in mix]       # deterministic by seed
+    mix3, _ = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=4)
+    assert [p.prompt for p in mix3] != [p.prompt for p in mix]
+    assert [p.prompt for p in mix] != [p.prompt for p in sorted(mix, key=lambda p: p.prompt)]
+
+
+def test_mix_fraction_max_rows_and_zero(tmp_path):
+    a = write(tmp_path / "a.jsonl", _rows(10, "a"))
+    mix, _ = load_mix([MixEntry(str(a), 1.5)], seed=0)
+    counts = Counter(Counter(p.prompt for p in mix).values())
+    assert counts == {2: 5, 1: 5}                                     # 1.5 = all once + a seeded half again
+    mix, _ = load_mix([MixEntry(str(a), 2.0, max_rows=3)], seed=0)
+    assert len(mix) == 6 and len({p.prompt for p in mix}) == 3
+    assert load_mix([MixEntry(str(a), 0.0)], seed=0)[0] == []
+    with pytest.raises(ValueError):
+        load_mix([MixEntry(str(a), -1.0)], seed=0)
+
+
+# ---- validation split ----
+
+def _pairs(prompts):
+    return [PreferencePair(q, "c", "r", None, "s") for q in prompts]
+
+
+def test_prompt_hash_is_stable_across_processes():
+    assert prompt_hash("hello") == 0.39874978866162214  # blake2b-64 of "0\x00hello"
+    assert prompt_hash("  hello\n") == prompt_hash("hello")
+    out = subprocess.run([sys.executable, "-c", "from tinyrm.data import prompt_hash; print(repr(prompt_hash('hello', 1)))"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert float(out.stdout) == prompt_hash("hello", 1)
+    expect = int.from_bytes(hashlib.blake2b(b"1\x00hello", digest_size=8).digest(), "big") / 2**64
+    assert prompt_hash("hello", 1) == expect
+
+
+def test_split_groups_by_prompt_and_is_deterministic():
+    prompts = [f"q{i % 700}" for i in range(2000)]  # 700 prompts, 2-3 rows each
+    pairs = _pairs(prompts)
+    train, val = split_validation(pairs, frac=0.1, seed=5)
+    assert len(train) + len(val) == 2000
+    assert not {p.prompt for p in train} & {p.prompt for p in val}
+    assert 140 <= len(val) <= 260                                  # ~10%
+    expect_val = {q for q in set(prompts) if prompt_hash(q, 5) < 0.1}
+    assert {p.prompt for p in val} == expect_val                   # membership depends only on the prompt
+    assert [p.prompt for p in val] == [q for q in prompts if q in expect_val]  # input order kept
+    again = split_validation(pairs, frac=0.1, seed=5)
+    assert [p.prompt for p in again[1]] == [p.prompt for p in val]
+    other = split_validation(pairs, frac=0.1, seed=6)[1]
+    assert {p.prompt for p in other} != expect_val
+
+
+def test_split_min_rows_and_errors():
+    pairs = _pairs(["a", "a", "b", "c", "d", "e"])
+    train, val = split_validation(pairs, frac=0.0, seed=0, min_rows=3)
+    order = sorted("abcde", key=lambda q: prompt_hash(q, 0))
+    taken, n = [], 0
+    for q in order:                                                # whole groups in hash order until >= 3
+        if n >= 3:
+            break
+        taken.append(q)
+        n += 2 if q == "a" else 1
+    assert sorted({p.prompt for p in val}) == sorted(taken) and len(val) == n
+    assert split_validation(pairs, frac=0.0, min_rows=0)[1] == []
+    with pytest.raises(ValueError):
+        split_validation(_pairs(["x", "x"]), frac=0.5)
+    with pytest.raises(ValueError):
+        split_validation(pairs, frac=1.0)
+
+
+def test_drop_overlap():
+    pairs = _pairs(["What is 2+2?", " What is 2+2?\n", "what is 2+2?", "Other"])
+    kept, n = drop_overlap(pairs, {"What is 2+2?"})
+    assert n == 2 and [p.prompt for p in kept] == ["what is 2+2?", "Other"]

@@ -1,0 +1,305 @@
+"""Preference pairs: read the formats found in the wild, mix files by weight, split off validation.
+
+One row is one (prompt, chosen, rejected) triple. Four row shapes are auto-detected, per row:
+  generic      {"prompt": str, "chosen": str, "rejected": str, "domain"?: str, "source"?: str}
+  RewardBench  generic + "chosen_model", "rejected_model", "subset", "id"
+  HH-RLHF      {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."} -- whole transcripts
+  TRL conv.    {"chosen": [{"role", "content"}, ...], "rejected": [...], "prompt"?: [...] | str}
+
+Prompt rendering (one rule for every format, and the one the shipped RMB files already use):
+  - a single user turn is just its text, no role tag;
+  - anything else is `Role: text` blocks joined by a blank line, roles "User", "Assistant", "System"
+    (HH's "Human" becomes "User"):  "User: hi\\n\\nAssistant: hello\\n\\nUser: how are you?"
+  Generic prompts are kept verbatim (they are already rendered). Responses taken out of HH transcripts
+  or TRL messages are stripped of surrounding whitespace; generic text is kept as is.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A malformed row; the message starts with `file:line` and `reason` is a short category."""
+
+    def __init__(self, path, line: int, reason: str, detail: str = ""):
+        self.path, self.line, self.reason = str(path), line, reason
+        super().__init__(f"{path}:{line}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class RowError(ValueError):
+    """Why one decoded row is unusable: `reason` is the short category counted in a SkipReport."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(reason + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    domain: str | None
+    source: str
+    subset: str | None = None
+    id: str | None = None
+
+
+@dataclass
+class SkipReport:
+    path: str
+    total: int = 0                                   # non-blank lines seen
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.reasons.values())
+
+    def __str__(self) -> str:
+        s = f"skipped {self.skipped} of {self.total} rows in {Path(self.path).name}"
+        if self.reasons:
+            s += ": " + ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
+        return s
+
+
+# ---- rendering ----
+
+_ROLES = {"user": "User", "human": "User", "assistant": "Assistant", "system": "System"}
+
+
+def render_turns(turns: list[tuple[str, str]]) -> str:
+    """[(role, text)] -> prompt text, by the module's one rendering rule (see the docstring)."""
+    turns = [(_ROLES.get(r.lower(), r.capitalize()), t.strip()) for r, t in turns]
+    if len(turns) == 1 and turns[0][0] == "User":
+        return turns[0][1]
+    return "\n\n".join(f"{r}: {t}" for r, t in turns)
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ASSISTANT = "\n\nAssistant:"
+
+
+def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Two HH transcripts -> (rendered prompt, chosen response, rejected response).
+
+    The prompt ends at the last "\\n\\nAssistant:" inside the common prefix of both transcripts, not at
+    each one's own last marker: a few real responses contain a hallucinated "\\n\\nAssistant:" of their
+    own, and cutting there would make the two prompts differ.
+    """
+    if chosen.startswith("Human:") and rejected.startswith("Human:"):  # some copies drop the leading blank line
+        chosen, rejected = "\n\n" + chosen, "\n\n" + rejected
+    n = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        n += 1
+    cut = chosen.rfind(_HH_ASSISTANT, 0, n)
+    if cut < 0 or not chosen.startswith("\n\nHuman:"):
+        raise ValueError("the transcripts share no \"\\n\\nHuman: ...\\n\\nAssistant:\" prefix")
+    cut += len(_HH_ASSISTANT)
+    parts = _HH_TURN.split(chosen[:cut])  # ["", role, text, role, text, ..., "Assistant", ""]
+    turns = list(zip(parts[1::2], parts[2::2]))[:-1]  # the last is the empty slot being answered
+    return render_turns(turns), chosen[cut:].strip(), rejected[cut:].strip()
+
+
+def _messages(x, what: str) -> list[tuple[str, str]]:
+    if not isinstance(x, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                          and isinstance(m.get("content"), str) for m in x):
+        raise RowError("wrong type", f"{what} must be a list of {{role: str, content: str}}")
+    return [(m["role"], m["content"]) for m in x]
+
+
+def split_trl(row: dict) -> tuple[str, str, str]:
+    """TRL conversational row -> (prompt, chosen, rejected): the last assistant message is the response,
+    everything before it (the explicit `prompt` messages, then any earlier ones in chosen) the prompt."""
+    head = row.get("prompt", [])
+    head = [("user", head)] if isinstance(head, str) else _messages(head, "prompt")
+    sides = []
+    for key in ("chosen", "rejected"):
+        msgs = _messages(row[key], key)
+        last = max((i for i, (r, _) in enumerate(msgs) if r == "assistant"), default=None)
+        if last is None:
+            raise RowError("no assistant message", key)
+        sides.append((msgs[:last], msgs[last][1].strip()))
+    (ctx_c, resp_c), (ctx_r, resp_r) = sides
+    if ctx_c != ctx_r:
+        raise RowError("no shared prefix", "chosen and rejected differ before their last assistant message")
+    if not head + ctx_c:
+        raise RowError("missing field", "prompt")
+    return render_turns(head + ctx_c), resp_c, resp_r
+
+
+# ---- one row ----
+
+def _need_str(obj: dict, *keys: str) -> None:
+    for k in keys:
+        if k not in obj:
+            raise RowError("missing field", k)
+        if not isinstance(obj[k], str):
+            raise RowError("wrong type", f"{k} is {type(obj[k]).__name__}, not str")
+
+
+def parse_row(obj, source: str | None = None, domain: str | None = None) -> PreferencePair:
+    """One decoded JSON row -> PreferencePair (source/domain arguments override the row's fields).
+    Raises RowError naming the reason."""
+    if not isinstance(obj, dict):
+        raise RowError("wrong type", "row is not a JSON object")
+    for k in ("chosen", "rejected"):
+        if k not in obj:
+            raise RowError("missing field", k)
+    for k in ("domain", "source"):
+        if obj.get(k) is not None and not isinstance(obj[k], str):
+            raise RowError("wrong type", f"{k} is {type(obj[k]).__name__}, not str")
+    subset = rid = None
+    if isinstance(obj["chosen"], list) or isinstance(obj["rejected"], list):
+        prompt, chosen, rejected = split_trl(obj)
+    elif "prompt" not in obj and isinstance(obj["chosen"], str) and _HH_ASSISTANT in obj["chosen"]:
+        _need_str(obj, "chosen", "rejected")
+        try:
+            prompt, chosen, rejected = split_hh(obj["chosen"], obj["rejected"])
+        except ValueError as e:
+            raise RowError("no shared prefix", str(e)) from None
+    else:
+        _need_str(obj, "prompt", "chosen", "rejected")
+        prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
+        if "subset" in obj:  # RewardBench: `id` is unique only together with `subset`
+            subset = str(obj["subset"])
+            rid = None if obj.get("id") is None else str(obj["id"])
+    if not chosen.strip() or not rejected.strip():
+        raise RowError("empty response", "chosen" if not chosen.strip() else "rejected")
+    if chosen.strip() == rejected.strip():
+        raise RowError("identical responses")
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected,
+                          domain=domain if domain is not None else obj.get("domain"),
+                          source=source if source is not None else obj.get("source"),
+                          subset=subset, id=rid)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(ext)
+    return name
+
+
+def read_pairs(path, skip_bad: bool = False, domain: str | None = None,
+               source: str | None = None) -> tuple[list[PreferencePair], SkipReport]:
+    """Read a .jsonl or .jsonl.gz file of preference rows (any mix of the four shapes).
+
+    domain: argument > row field > None.  source: argument > row field > file stem.
+    A bad row raises DataError("file:line: reason"), or with skip_bad is counted in the SkipReport.
+    Blank lines are ignored and not counted.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    report, pairs, stem = SkipReport(str(path)), [], _stem(path)
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            report.total += 1
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(path, lineno, "bad JSON", str(e)) from None
+                try:
+                    p = parse_row(obj, source, domain)
+                except RowError as e:
+                    raise DataError(path, lineno, e.reason, e.detail) from None
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                report.reasons[e.reason] += 1
+                continue
+            if p.source is None:
+                p.source = stem
+            pairs.append(p)
+    return pairs, report
+
+
+# ---- mixing and splitting ----
+
+@dataclass
+class MixEntry:
+    path: str
+    weight: float = 1.0            # 2.0 = every row twice; 0.5 = a seeded half of the rows
+    domain: str | None = None      # overrides the rows' own domain
+    max_rows: int | None = None    # a seeded random subset of this many rows, before weighting
+
+
+def _rng(*parts) -> random.Random:
+    # Seeded from a digest, so the stream is the same in every Python process (no salted hash()).
+    return random.Random(int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big"))
+
+
+def weighted_sample(rows: list, weight: float, rng: random.Random) -> list:
+    """floor(weight) full copies of rows plus a random round(frac * n)-row subset for the remainder."""
+    if weight < 0 or not math.isfinite(weight):
+        raise ValueError(f"mix weight must be finite and >= 0, got {weight}")
+    whole, frac = int(weight), weight - int(weight)
+    extra = rng.sample(range(len(rows)), round(frac * len(rows)))
+    return rows * whole + [rows[i] for i in sorted(extra)]
+
+
+def load_mix(entries: list[MixEntry], seed: int,
+             skip_bad: bool = False) -> tuple[list[PreferencePair], list[SkipReport]]:
+    """Read every entry, subsample to max_rows, repeat by weight, then shuffle the whole mix by seed.
+    Repeated rows are the same objects (grouping by prompt keeps them on one side of a split)."""
+    out, reports = [], []
+    for i, e in enumerate(entries):
+        rows, rep = read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
+        reports.append(rep)
+        rng = _rng(seed, i, str(e.path))
+        if e.max_rows is not None and len(rows) > e.max_rows:
+            rows = [rows[j] for j in sorted(rng.sample(range(len(rows)), e.max_rows))]
+        out += weighted_sample(rows, e.weight, rng)
+    _rng(seed, "shuffle").shuffle(out)
+    return out, reports
+
+
+def prompt_hash(prompt: str, seed: int = 0) -> float:
+    """A stable number in [0, 1) for a prompt (blake2b of the stripped text and the seed)."""
+    h = hashlib.blake2b(f"{seed}\x00{prompt.strip()}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2.0**64
+
+
+def split_validation(pairs: list[PreferencePair], frac: float = 0.05, seed: int = 0,
+                     min_rows: int = 1) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, val), grouped by prompt: every prompt whose hash is < frac goes to val, and if that gives
+    fewer than min_rows rows, further prompts in increasing hash order join it. A prompt's side depends
+    only on its text and the seed (not on the rest of the data) whenever the min_rows top-up is idle.
+    Both halves keep the input order."""
+    if not 0 <= frac < 1:
+        raise ValueError(f"frac must be in [0, 1), got {frac}")
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.prompt.strip(), []).append(i)
+    order = sorted(groups, key=lambda q: (prompt_hash(q, seed), q))
+    val_idx, n_val = set(), 0
+    for q in order:
+        if prompt_hash(q, seed) >= frac and n_val >= min_rows:
+            break
+        val_idx.update(groups[q])
+        n_val += len(groups[q])
+    if pairs and len(val_idx) == len(pairs):
+        raise ValueError(f"validation split would take all {len(pairs)} rows ({len(groups)} prompts); "
+                         "lower frac/min_rows or add data")
+    train = [p for i, p in enumerate(pairs) if i not in val_idx]
+    val = [p for i, p in enumerate(pairs) if i in val_idx]
+    return train, val
+
+
+def drop_overlap(pairs: list[PreferencePair], prompts: set[str]) -> tuple[list[PreferencePair], int]:
+    """Drop pairs whose prompt equals one of `prompts` (e.g. RewardBench's), compared after strip()."""
+    banned = {q.strip() for q in prompts}
+    kept = [p for p in pairs if p.prompt.strip() not in banned]
+    return kept, len(pairs) - len(kept)
