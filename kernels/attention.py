@@ -52,11 +52,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens:
         cu = cu_seqlens.to(torch.int32)
         w = (-1, -1) if window is None else (window, window)
         return _varlen_attn(q, k, v, cu, cu, mx, mx, window_size=w)
+    runs = list(_runs(seqlens))
+    sizes = [n * count for _, n, count in runs]
+    # one split per tensor: slicing each run separately would make autograd zero-fill a full [T, H, D]
+    # gradient per run (quadratic in the number of runs); split's backward concatenates instead
     outs = []
-    for start, n, count in _runs(seqlens):
-        end = start + n * count
+    for (_, n, count), qs, ks, vs in zip(runs, q.split(sizes), k.split(sizes), v.split(sizes)):
         # [count*n, H, D] -> [count, H, n, D]
-        qs, ks, vs = (t[start:end].view(count, n, H, D).transpose(1, 2) for t in (q, k, v))
+        qs, ks, vs = (t.view(count, n, H, D).transpose(1, 2) for t in (qs, ks, vs))
         mask = None
         if window is not None and n - 1 > window:
             mask = _band(n, window, str(q.device))
