@@ -1,4 +1,4 @@
-"""Command line: `tinyrm weights|train|eval|score`."""
+"""Command line: `tinyrm weights|train|eval`."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = sub.add_parser("train", help="train a reward model from a recipe")
     t.add_argument("--recipe", default="default", help="recipe name in configs/ or a path to a .toml file")
-    t.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding recipe fields")
+    t.add_argument("--resume", default=None, help="a run folder to continue from its last checkpoint")
     t.set_defaults(fn=lambda a: __import__("tinyrm.train", fromlist=["cli"]).cli(a))
 
     e = sub.add_parser("eval", help="evaluate a trained model on RewardBench (never used for selection)")
@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--batch-tokens", type=int, default=16384)
     e.set_defaults(fn=lambda a: __import__("tinyrm.evaluate", fromlist=["cli"]).cli(a))
 
-    args = ap.parse_args(argv)
+    # `tinyrm train --recipe default --lr 1e-4 ...`: unknown --key value pairs override recipe fields
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.cmd != "train":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     return args.fn(args) or 0
 
 

@@ -101,10 +101,11 @@ class Encoder(nn.Module):
         """
         h = self.head_hidden(hidden)
         dec = self.decoder_module()
-        if vocab_ids is not None and isinstance(dec, nn.Linear):
+        if vocab_ids is None:
+            return dec(h)
+        if isinstance(dec, nn.Linear):
             return nn.functional.linear(h, dec.weight[vocab_ids], None if dec.bias is None else dec.bias[vocab_ids])
-        logits = dec(h)  # an adapted decoder (DoRA/LoRA) runs its own maths
-        return logits if vocab_ids is None else logits[:, vocab_ids]
+        return dec.forward_rows(h, vocab_ids)  # an adapted decoder: DoRA's norm is per row, so this is exact
 
     def decoder_module(self) -> nn.Module:
         return self.head_modules()[-1]
