@@ -1,0 +1,227 @@
+"""Saving adapters apart from the base: a small safetensors file + JSON sidecar, and a PEFT export.
+
+    save_adapter(enc, "runs/x/adapter.safetensors", {"base_hash": checkpoint_hash(folder), "frozen_layers": 6})
+    enc2 = tinyrm.load_encoder(folder); load_adapter(enc2, "runs/x/adapter.safetensors")
+    export_peft(enc, "runs/x/peft", "answerdotai/ModernBERT-base")   # PeftModel.from_pretrained reads it
+
+The adapter file holds every adapter tensor (lora_A, lora_B, magnitude — also in frozen layers, so the
+model is rebuilt exactly) plus any trainable non-adapter parameter (norms when train_base, or the upper
+layers of a "DoRA: no" run), under the model's own state-dict names. The sidecar `<name>.json` records
+the adapter settings, the adapted module names, the frozen layer count, the base checkpoint's hash and
+the adapter file's own sha256, so a mismatched or corrupted pair is caught before any value is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tinyrm.config import CheckpointError
+from tinyrm.dora import ADAPTER_PARAMS, DoRALinear, _encoder, adapted_modules, add_dora
+
+FORMAT = "tinyrm-adapter"
+VERSION = 1
+
+
+def _sha256(path: Path, h=None) -> "hashlib._Hash":
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h
+
+
+def checkpoint_hash(folder: str | os.PathLike) -> str:
+    """sha256 over the folder's *.safetensors files (names and bytes, sorted): identifies a base model."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder}: no *.safetensors files to hash")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        _sha256(f, h)
+    return "sha256:" + h.hexdigest()
+
+
+def _settings(model: nn.Module) -> dict:
+    """rank / alpha / use_dora / dropout shared by all adapters (one adapter per model), or {}."""
+    mods = adapted_modules(model)
+    if not mods:
+        return {}
+    per = {(m.rank, m.alpha, m.use_dora, m.lora_dropout.p if m.lora_dropout else 0.0) for m in mods.values()}
+    if len(per) != 1:
+        raise ValueError(f"adapters with different settings cannot be saved as one: {sorted(per)}")
+    rank, alpha, use_dora, dropout = per.pop()
+    return dict(rank=rank, alpha=alpha, use_dora=use_dora, dropout=dropout,
+                targets=sorted({n.rsplit(".", 1)[-1] for n in mods}), modules=sorted(mods))
+
+
+def _adapter_keys(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{n}.{p}": getattr(m, p) for n, m in adapted_modules(model).items()
+            for p in ADAPTER_PARAMS if getattr(m, p) is not None}
+
+
+def _trainable_base(model: nn.Module) -> dict[str, torch.Tensor]:
+    adapter_ids = {id(t) for t in _adapter_keys(model).values()}
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in adapter_ids}
+
+
+def _frozen_layers(model: nn.Module) -> int | None:
+    """Leading layers with nothing trainable (what freeze_layers(k) leaves), or None without an encoder."""
+    try:
+        enc = _encoder(model)
+    except TypeError:
+        return None
+    k = 0
+    for layer in enc.layers:
+        if any(p.requires_grad for p in layer.parameters()):
+            break
+        k += 1
+    return k
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp),
+              metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: an adapter file must end in .safetensors")
+    return path.with_suffix(".json")
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Adapters (+ trainable non-adapter weights) -> `path` (.safetensors) and `path` with .json.
+    meta: free-form, e.g. {"base_hash": checkpoint_hash(folder), "frozen_layers": k}; kept in the sidecar."""
+    path = Path(path)
+    side = sidecar_path(path)
+    tensors = {**_adapter_keys(model), **_trainable_base(model)}
+    if not tensors:
+        raise ValueError(f"{path}: the model has no adapters and nothing trainable to save")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(tensors, path)
+    info = dict(meta or {})
+    info.setdefault("frozen_layers", _frozen_layers(model))
+    info.update(format=FORMAT, version=VERSION, **_settings(model),
+                trainable_base=sorted(_trainable_base(model)), sha256=_sha256(path).hexdigest(),
+                tensors={k: list(v.shape) for k, v in sorted(tensors.items())})
+    _atomic_write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", side)
+    return path
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise CheckpointError(f"{side}: adapter sidecar not found (written next to {Path(path).name})")
+    try:
+        info = json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{side}: not valid JSON ({e})") from None
+    if info.get("format") != FORMAT or info.get("version") != VERSION:
+        raise CheckpointError(f"{side}: not a {FORMAT} v{VERSION} sidecar "
+                              f"(format={info.get('format')!r}, version={info.get('version')!r})")
+    return info
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, base_hash: str | None = None) -> dict:
+    """Apply a saved adapter onto `model` (a base, or one already adapted with the same settings).
+    Adds the adapters first when the model has none. Returns the sidecar dict (e.g. its frozen_layers)."""
+    path = Path(path)
+    info = read_sidecar(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: adapter file not found")
+    if base_hash is not None and info.get("base_hash") not in (None, base_hash):
+        raise CheckpointError(f"{side}: key 'base_hash' is {info['base_hash']!r} but the base model is "
+                              f"{base_hash!r}: this adapter was trained on another checkpoint")
+    if _sha256(path).hexdigest() != info.get("sha256"):
+        raise CheckpointError(f"{path}: contents do not match key 'sha256' of {side} (corrupted or replaced)")
+    if "rank" in info:
+        if not adapted_modules(model):
+            add_dora(model, info["rank"], info["alpha"], targets=info["targets"], use_dora=info["use_dora"],
+                     dropout=info.get("dropout", 0.0))
+        have = _settings(model)
+        for key in ("rank", "alpha", "use_dora", "modules"):
+            if have.get(key) != info[key]:
+                raise CheckpointError(f"{side}: key {key!r} is {info[key]!r} but the model has {have.get(key)!r}")
+    elif adapted_modules(model):
+        raise CheckpointError(f"{side}: holds no adapters but the model has some")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    try:
+        with safe_open(str(path), "pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    keys = set(tensors)
+    missing = sorted(set(_adapter_keys(model)) - keys)
+    if missing:
+        raise CheckpointError(f"{path}: missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)"
+                                                                       if len(missing) > 1 else ""))
+    unexpected = sorted(keys - set(params))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected key {unexpected[0]!r} (no such parameter in the model)")
+    with torch.no_grad():
+        for k in sorted(keys):
+            t, p = tensors[k], params[k]
+            if t.shape != p.shape:
+                raise CheckpointError(f"{path}: key {k!r} has shape {tuple(t.shape)}, the model expects "
+                                      f"{tuple(p.shape)}")
+            p.copy_(t)  # bumps p._version: cached norms and merged weights refresh themselves
+    return info
+
+
+def export_peft(model: nn.Module, folder: str | os.PathLike, base_model_name_or_path: str) -> Path:
+    """adapter_config.json + adapter_model.safetensors that peft.PeftModel.from_pretrained loads onto the
+    transformers model of the same checkpoint. Trainable non-adapter weights go out as modules_to_save."""
+    s = _settings(model)
+    if not s:
+        raise ValueError("export_peft: the model has no adapters")
+    pre = "base_model.model."
+    peft_names = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
+    tensors = {}
+    for key, t in _adapter_keys(model).items():
+        mod, _, p = key.rpartition(".")
+        tensors[f"{pre}{mod}.{peft_names[p]}"] = t
+    # PEFT carries other trained weights only as whole modules (modules_to_save), never tied ones
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    to_save = set()
+    for name, p in _trainable_base(model).items():
+        owner = name.rpartition(".")[0]
+        if counts[id(p)] > 1 or isinstance(model.get_submodule(owner), DoRALinear):
+            raise ValueError(f"export_peft: trainable {name!r} is tied or inside an adapted layer; PEFT "
+                             "cannot carry it (freeze it, or save with save_adapter instead)")
+        to_save.add(owner)
+    for owner in sorted(to_save):
+        for k, t in model.get_submodule(owner).state_dict().items():
+            tensors[f"{pre}{owner}.{k}"] = t
+    config = {
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
+        "r": s["rank"], "lora_alpha": s["alpha"], "lora_dropout": s["dropout"], "use_dora": s["use_dora"],
+        "target_modules": s["modules"], "modules_to_save": sorted(to_save) or None, "bias": "none",
+        "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
+        "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None, "layers_pattern": None,
+        "revision": None,
+    }
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_save(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    _atomic_write_text(json.dumps(config, indent=2) + "\n", out / "adapter_config.json")
+    return out
