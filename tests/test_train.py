@@ -1,0 +1,162 @@
+"""The trainer end to end: recipes, exact resume, a learning test, the scorer API on a trained run."""
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tinyrm
+from tinyrm.data import MixEntry
+from tinyrm.recipe import TrainConfig, load_recipe
+from tinyrm.scorer import RewardModel
+from tinyrm.train import make_optimizer, train
+
+WORDS = ("apple river stone cloud piano garden rocket violet candle mirror forest ladder pepper silver "
+         "tiger window bridge copper desert falcon harbor island jacket kettle lemon marble needle ocean "
+         "pillow quartz saddle tunnel velvet wagon yellow zebra anchor basket cactus dragon").split()
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def repeat_task(n, seed, words=WORDS):
+    """'Repeat the word: X' -> chosen 'X', rejected another word. Only a model that compares the
+    response with the prompt across the two segments, and reads the answer at the mask, can learn it."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        w, v = rng.sample(words, 2)
+        rows.append({"prompt": f"Repeat the word: {w}", "chosen": w, "rejected": v, "domain": "chat"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, minilm_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("bert-tiny")
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    shutil.copy(minilm_path / "tokenizer.json", folder)
+    return folder
+
+
+def _cfg(tmp_path, model, data, **kw):
+    base = dict(model=str(model), data=[MixEntry(path=data)], max_len=64, rank=4, alpha=8.0,
+                targets=["query", "value", "dense"], freeze_layers=1, batch_pairs=4, micro_tokens=200,
+                lr=1e-3, eval_every=3, save_every=100, val_frac=0.1, val_max_pairs=20, threads=1,
+                runs_dir=str(tmp_path / "runs"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lr_schedule_warmup_then_linear_decay_to_floor(tiny_bert, tmp_path):
+    cfg = _cfg(tmp_path, tiny_bert, "unused", lr=1.0, warmup_frac=0.1, final_lr_frac=0.02)
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    enc = torch.nn.Linear(2, 2)
+    opt, sched = make_optimizer(enc, cfg, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)        # 10 warm-up steps
+    assert lrs[10] == pytest.approx(1.0) and lrs[99] == pytest.approx(1 - 0.98 * 89 / 90)
+    assert sched.get_last_lr()[0] == pytest.approx(0.02)                       # the floor at the end
+    # no decay on biases (1-D): the optimiser's groups say so
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0]
+    assert opt.param_groups[1]["params"][0] is enc.bias
+
+
+def test_exact_resume_bit_for_bit(tiny_bert, tmp_path):
+    data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
+    full = train(_cfg(tmp_path, tiny_bert, data, max_steps=8), run_dir=tmp_path / "full")
+    assert full["steps"] == 8
+    part = tmp_path / "part"
+    train(_cfg(tmp_path, tiny_bert, data, max_steps=8), run_dir=part, stop_after=4)
+    assert json.loads((part / "last" / "adapter.json").read_text())["step"] == 4
+    train(_cfg(tmp_path, tiny_bert, data, max_steps=8), run_dir=part)  # resumes at step 4
+    a = load_file(tmp_path / "full" / "last" / "adapter.safetensors")
+    b = load_file(part / "last" / "adapter.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics of the resumed half equal the uninterrupted run's
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    la = [r["loss"] for r in rows(tmp_path / "full") if "loss" in r]
+    lb = [r["loss"] for r in rows(part) if "loss" in r]
+    assert la == lb
+
+
+def test_learns_a_synthetic_preference_task(minilm_path, tmp_path):
+    """A few hundred optimiser steps on MiniLM (real weights) lift held-out pairwise accuracy well
+    above chance; the untrained cloze starts near chance."""
+    data = _write(tmp_path / "train.jsonl", repeat_task(900, 2, WORDS[:32]))
+    held = repeat_task(120, 3, WORDS[:32])
+    cfg = _cfg(tmp_path, minilm_path, data, max_len=32, rank=8, alpha=16.0, freeze_layers=3,
+               targets=["query", "key", "value", "dense"], batch_pairs=8, micro_tokens=4096, lr=2e-3,
+               max_steps=110, eval_every=1000, val_frac=0.05, threads=2)
+    s = train(cfg)
+    rm = RewardModel.load(s["run_dir"])
+    p = rm.compare([r["prompt"] for r in held], [r["chosen"] for r in held], [r["rejected"] for r in held])
+    acc = sum(x > 0.5 for x in p) / len(p)
+    assert acc >= 0.85, acc
+    base = RewardModel(tinyrm.load_encoder(minilm_path))
+    p0 = base.compare([r["prompt"] for r in held], [r["chosen"] for r in held], [r["rejected"] for r in held])
+    assert sum(x > 0.5 for x in p0) / len(p0) < 0.75
+
+
+def test_recipe_overrides_and_errors(tmp_path):
+    cfg = load_recipe("default", ["--lr", "1e-4", "--use-dora", "false", "--targets", "query,value",
+                                  "--max_steps", "7"])
+    assert cfg.lr == 1e-4 and cfg.use_dora is False and cfg.targets == ["query", "value"] and cfg.max_steps == 7
+    assert cfg.data and all(e.path.endswith((".jsonl", ".jsonl.gz")) for e in cfg.data)
+    with pytest.raises(ValueError, match="unknown override '--nope'"):
+        load_recipe("default", ["--nope", "1"])
+    with pytest.raises(ValueError, match="expected int"):
+        load_recipe("default", ["--max_steps", "many"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('lr = 1e-4\nfrobnicate = 3\n')
+    with pytest.raises(ValueError, match=r"bad\.toml: unknown key 'frobnicate'"):
+        load_recipe(str(bad))
+    with pytest.raises(FileNotFoundError, match="recipe 'nothing' not found"):
+        load_recipe("nothing")
+
+
+def test_scorer_api_on_a_run(tiny_bert, tmp_path):
+    data = _write(tmp_path / "d.jsonl", repeat_task(40, 4))
+    s = train(_cfg(tmp_path, tiny_bert, data, max_steps=3))
+    rm = RewardModel.load(s["run_dir"])
+    assert rm.mode == "pairwise" and rm.max_len == 64
+    prompts, a, b = ["Repeat the word: apple", "Repeat the word: tiger"], ["apple", "zebra"], ["river", "tiger"]
+    p_ab = rm.compare(prompts, a, b)
+    p_ba = rm.compare(prompts, b, a)
+    # averaging both orders makes the comparison antisymmetric: P(a > b) = 1 - P(b > a)
+    for x, y in zip(p_ab, p_ba):
+        assert x == pytest.approx(1 - y, abs=1e-6)
+    with pytest.raises(ValueError, match="pairwise model only compares"):
+        rm.score(prompts, a)
+
+
+@pytest.mark.parametrize("name", ["base-chat", "base-reasoning", "base-safety", "large-chat", "large-reasoning",
+                                  "large-safety", "generalist"])
+def test_paper_recipes_fit_modernbert(name, tiny_modernbert):
+    """Every shipped ModernBERT recipe names real module targets, a paper prefix and a valid freeze depth."""
+    from tinyrm.dora import add_dora, freeze_layers
+    from tinyrm.prompts import PREFIXES
+
+    cfg = load_recipe(name)
+    assert cfg.prefix == "domain" or cfg.prefix in PREFIXES.values()
+    assert cfg.batch_pairs == 256 and cfg.epochs == 1.0 and cfg.data
+    n_layers = {"base": 22, "large": 28}.get(name.split("-")[0], 22)
+    assert 0 <= cfg.freeze_layers < n_layers
+    enc = tinyrm.load_encoder(tiny_modernbert[0])
+    if cfg.adapters:
+        names = add_dora(enc, 4, cfg.alpha, cfg.targets)
+        assert {n.rsplit(".", 1)[-1] for n in names} == set(cfg.targets)
+    freeze_layers(enc, min(cfg.freeze_layers, enc.config.num_layers))

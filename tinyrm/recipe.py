@@ -1,0 +1,136 @@
+"""Training recipes: one flat dataclass, read from a small TOML file, overridable from the command line.
+
+A recipe file sets any field of `TrainConfig` at its top level, plus `[[data]]` tables for the mix
+(`path`, `weight`, `domain`, `max_rows`) and `[[val]]` tables for extra validation files. Relative data
+paths are resolved against the repository root, and `$SHARED` expands to the shared data folder
+(`TINYRM_SHARED`, else `../shared` next to the repository).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .data import MixEntry
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("TINYRM_SHARED", ROOT.parent / "shared"))
+
+
+@dataclass
+class TrainConfig:
+    name: str = "default"
+    model: str = "weights/minilm-l6"    # checkpoint folder
+    # prompt
+    mode: str = "pairwise"              # "pairwise" (both responses, Choice 0/1) | "pointwise" (yes/no per response)
+    prefix: str = "domain"              # "domain" = each pair's domain prefix, or a literal prefix for all pairs
+    max_len: int = 512
+    # adapters and freezing
+    use_dora: bool = True
+    adapters: bool = True               # False: train the unfrozen layers fully (the paper's "DoRA: no")
+    rank: int = 16
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    freeze_layers: int = 2
+    # optimisation (paper defaults)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 1e-5
+    warmup_frac: float = 0.06
+    final_lr_frac: float = 0.02
+    grad_clip: float = 1.0
+    batch_pairs: int = 16               # pairs per optimiser step (pairwise: 2 sequences per pair)
+    micro_tokens: int = 8192            # tokens per forward pass; gradients accumulate across micro-batches
+    epochs: float = 1.0
+    max_steps: int = 0                  # >0 caps the number of optimiser steps
+    margin: float = 0.0                 # Bradley–Terry margin
+    seed: int = 17
+    # data
+    data: list[MixEntry] = field(default_factory=list)
+    val: list[MixEntry] = field(default_factory=list)
+    val_frac: float = 0.05
+    val_max_pairs: int = 400
+    drop_rewardbench_overlap: bool = True
+    skip_bad: bool = False
+    # bookkeeping
+    eval_every: int = 50
+    save_every: int = 50
+    runs_dir: str = "runs"
+    threads: int = 0                    # 0: leave torch's default
+    device: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _entries(rows: list[dict], where: str) -> list[MixEntry]:
+    out = []
+    for i, r in enumerate(rows):
+        if "path" not in r:
+            raise ValueError(f"{where}: entry {i} has no 'path'")
+        p = str(r["path"]).replace("$SHARED", str(shared_dir()))
+        out.append(MixEntry(path=str(p if Path(p).is_absolute() else ROOT / p), weight=float(r.get("weight", 1.0)),
+                            domain=r.get("domain"), max_rows=r.get("max_rows")))
+    return out
+
+
+def _coerce(f, value, where: str):
+    """Cast a command-line string (or TOML value) to the field's type, taken from its default."""
+    typ = type(getattr(TrainConfig(), f.name))
+    if isinstance(value, str):
+        if typ is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{where}: expected true/false, got {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        if typ in (int, float):
+            try:
+                return typ(value)
+            except ValueError:
+                raise ValueError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+        if typ in (list, tuple):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(float(v) for v in items) if typ is tuple else items
+    if typ is tuple:
+        return tuple(value)
+    return value
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read configs/<name>.toml (or a path) and apply `--key value` overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIGS / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIGS.glob("*.toml"))
+        raise FileNotFoundError(f"recipe {name_or_path!r} not found (known: {', '.join(known)})")
+    raw = tomllib.loads(path.read_text())
+    byname = {f.name: f for f in fields(TrainConfig)}
+    cfg = TrainConfig(name=path.stem)
+    for key, value in raw.items():
+        if key in ("data", "val"):
+            setattr(cfg, key, _entries(value, f"{path}: [[{key}]]"))
+        elif key in byname:
+            setattr(cfg, key, _coerce(byname[key], value, f"{path}: {key}"))
+        else:
+            raise ValueError(f"{path}: unknown key {key!r}")
+    ov = list(overrides or [])
+    if ov and ov[0] == "--":
+        ov = ov[1:]
+    if len(ov) % 2:
+        raise ValueError(f"overrides must be --key value pairs, got {ov}")
+    for k, v in zip(ov[::2], ov[1::2]):
+        key = k.lstrip("-").replace("-", "_")
+        if key not in byname or key in ("data", "val"):
+            raise ValueError(f"unknown override {k!r} (fields: {', '.join(sorted(byname))})")
+        setattr(cfg, key, _coerce(byname[key], v, f"override {k}"))
+    return cfg

@@ -1,0 +1,138 @@
+"""The scorer: a trained cloze reward model behind a small API for users' own code.
+
+    rm = tinyrm.RewardModel.load("runs/default-20261128-1200")   # or a folder with adapter.json
+    rm.compare(prompts, responses_a, responses_b)  # P(a is better), pairwise or pointwise models
+    rm.score(prompts, responses)                   # scalar rewards (pointwise models), for best-of-n
+
+Inputs are tokenised into templates (prompts.py), sorted by length, cut into token-budget batches and
+fed packed — no padding at all — with the MLM head run only at each [MASK] and only for the two
+answer tokens. Adapters are merged for inference, so a DoRA model costs what the base model costs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .encoder import Encoder, packed_from_lists
+from .prompts import (DOMAIN_PREFIX, PAIRWISE_WORDS, POINTWISE_PREFIX, POINTWISE_WORDS, Specials,
+                      answer_token_ids, build_pairwise, build_pointwise, resolve_prefix)
+
+
+def mask_logits(enc: Encoder, examples, vocab_ids: torch.Tensor) -> torch.Tensor:
+    """One packed forward: examples (with .input_ids, .token_type_ids, .mask_pos) -> [N, 2] answer logits."""
+    dev = vocab_ids.device
+    p = packed_from_lists([e.input_ids for e in examples], [e.token_type_ids for e in examples], device=dev)
+    h = enc.encode_packed(p)                                                     # [T, H]
+    rows = p.cu_seqlens[:-1] + torch.tensor([e.mask_pos for e in examples], device=dev)
+    return enc.logits_at(h[rows], vocab_ids)                                     # [N, 2]
+
+
+def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices sorted by length, cut so each batch holds at most `max_tokens` real tokens (packed)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur, tokens = [], [], 0
+    for i in order:
+        if cur and tokens + lengths[i] > max_tokens:
+            batches.append(cur)
+            cur, tokens = [], 0
+        cur.append(i)
+        tokens += lengths[i]
+    return batches + ([cur] if cur else [])
+
+
+class RewardModel:
+    """A cloze reward model: an encoder (with merged adapters) plus its prompt settings."""
+
+    def __init__(self, enc: Encoder, mode: str = "pairwise", prefix: str = "domain", max_len: int = 512,
+                 max_tokens: int = 16384, progress: bool = False):
+        if mode not in ("pairwise", "pointwise"):
+            raise ValueError(f"mode must be 'pairwise' or 'pointwise', got {mode!r}")
+        self.enc, self.mode, self.prefix, self.max_len = enc, mode, prefix, min(max_len, enc.config.max_position)
+        self.max_tokens, self.progress = max_tokens, progress
+        self.sp = Specials.from_tokenizer(enc.tokenizer)
+        words = PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS
+        self.answer_ids = list(answer_token_ids(enc.tokenizer, words))
+        self.device = next(enc.parameters()).device
+
+    # ---- loading ----
+    @classmethod
+    def load(cls, path: str | Path, device=None, dtype=None, **kw) -> "RewardModel":
+        """A run folder (uses its best checkpoint), a checkpoint folder holding adapter.json, or a plain
+        encoder folder (an untrained cloze model: useful as a zero-shot baseline)."""
+        from .adapters import load_adapter
+        from .dora import merge_all
+        from .weights import load_encoder
+
+        path = Path(path)
+        ckpt = next((c for c in (path / "best", path / "last", path) if (c / "adapter.json").is_file()), None)
+        if ckpt is None:
+            return cls(load_encoder(path, dtype=dtype, device=device), **kw)
+        meta = json.loads((ckpt / "adapter.json").read_text())
+        train = meta.get("train", {})
+        enc = load_encoder(train.get("model") or meta["base"], dtype=dtype, device=device)
+        load_adapter(enc, ckpt / "adapter.safetensors")
+        enc.eval()  # adapters were just added in training mode; merging is for inference
+        merge_all(enc)
+        opts = {k: train[k] for k in ("mode", "prefix", "max_len") if k in train}
+        return cls(enc.eval(), **{**opts, **kw})
+
+    def prefix_for(self, domain: str | None) -> str:
+        if self.prefix == "domain":
+            return DOMAIN_PREFIX.get(domain or "chat", DOMAIN_PREFIX["chat"])
+        return resolve_prefix(self.prefix)
+
+    # ---- batched inference ----
+    @torch.inference_mode()
+    def _logits(self, examples) -> torch.Tensor:
+        """[N] answer-logit differences (token '0' − '1', or 'yes' − 'no'), in the input order."""
+        from tqdm import tqdm
+
+        was_training = self.enc.training
+        self.enc.eval()
+        vocab = torch.tensor(self.answer_ids, device=self.device)
+        out = torch.empty(len(examples))
+        batches = token_batches([len(e.input_ids) for e in examples], self.max_tokens)
+        for b in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
+            lg = mask_logits(self.enc, [examples[i] for i in b], vocab).float()
+            out[torch.tensor(b)] = (lg[:, 0] - lg[:, 1]).cpu()
+        self.enc.train(was_training)
+        return out
+
+    def pairwise_logits(self, prompts, responses_a, responses_b, domains=None):
+        """Both orders: (z_ab, z_ba), each [N], the log-odds that Choice 0 is the better response."""
+        if self.mode != "pairwise":
+            raise ValueError("pairwise_logits needs a pairwise model; this one is pointwise")
+        domains = domains or [None] * len(prompts)
+        exs = []
+        for q, a, b, d in zip(prompts, responses_a, responses_b, domains, strict=True):
+            pre = self.prefix_for(d)
+            exs += [build_pairwise(self.enc.tokenizer, self.sp, q, a, b, pre, self.max_len),
+                    build_pairwise(self.enc.tokenizer, self.sp, q, b, a, pre, self.max_len)]
+        z = self._logits(exs)
+        return z[0::2], z[1::2]
+
+    def score(self, prompts, responses, domains=None) -> list[float]:
+        """Pointwise rewards logit('yes') − logit('no'), one per (prompt, response)."""
+        if self.mode != "pointwise":
+            raise ValueError("score() needs a pointwise model; a pairwise model only compares (use compare())")
+        domains = domains or [None] * len(prompts)
+        pre = POINTWISE_PREFIX if self.prefix == "domain" else resolve_prefix(self.prefix)
+        exs = [build_pointwise(self.enc.tokenizer, self.sp, q, r, pre, self.max_len)
+               for q, r, d in zip(prompts, responses, domains, strict=True)]
+        return self._logits(exs).tolist()
+
+    def compare_logits(self, prompts, responses_a, responses_b, domains=None) -> torch.Tensor:
+        """[N] log-odds that a beats b. Pairwise: the mean over both orders, (z_ab − z_ba) / 2, which
+        cancels any preference for a position; pointwise: the reward difference."""
+        if self.mode == "pairwise":
+            z_ab, z_ba = self.pairwise_logits(prompts, responses_a, responses_b, domains)
+            return (z_ab - z_ba) / 2
+        r = torch.tensor(self.score(list(prompts) * 2, list(responses_a) + list(responses_b), domains and domains * 2))
+        n = len(prompts)
+        return r[:n] - r[n:]
+
+    def compare(self, prompts, responses_a, responses_b, domains=None) -> list[float]:
+        """Probability that responses_a[i] is better than responses_b[i]."""
+        return torch.sigmoid(self.compare_logits(prompts, responses_a, responses_b, domains)).tolist()
