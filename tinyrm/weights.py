@@ -95,8 +95,8 @@ def _build_missing_head(model: Encoder, missing: set[str], dtype, device) -> Non
         model.cls.predictions.decoder.bias = torch.nn.Parameter(
             torch.zeros(model.config.vocab_size, dtype=dtype, device=device))
     model.built_head = True
-    log.info("checkpoint has no MLM head (%s): built one with the decoder tied to the word embeddings "
-             "and an identity transform; it is trained with the adapters", ", ".join(sorted(missing)))
+    log.info("checkpoint has no MLM head (%s): built one with the decoder tied to the word embeddings and "
+             "an identity transform (training learns it; adapter files carry it)", ", ".join(sorted(missing)))
 
 
 def load_encoder(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> Encoder:
