@@ -52,6 +52,17 @@ def write_modernbert(folder: Path, minilm: Path, seed: int = 0, **overrides):
     return model
 
 
+def write_tiny_bert(folder: Path, minilm: Path, seed: int = 0, layers: int = 3) -> Path:
+    """A tiny random transformers BertForMaskedLM checkpoint (+ MiniLM's tokenizer): fast trainer tests."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    shutil.copy(minilm / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_modernbert(tmp_path_factory, minilm_path):
     folder = tmp_path_factory.mktemp("modernbert-tiny")

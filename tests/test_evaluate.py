@@ -1,25 +1,18 @@
 """`tinyrm eval` glue: verdicts from both orders, any-file accuracy by domain/source, RewardBench wiring."""
 import json
-import shutil
 
 import pytest
-import torch
 
 import tinyrm
 from tinyrm import evaluate
 from tinyrm.rewardbench import EXPECTED_COUNTS
 from tinyrm.scorer import RewardModel
+from conftest import write_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def rm(tmp_path_factory, minilm_path):
-    from transformers import BertConfig, BertForMaskedLM
-
-    folder = tmp_path_factory.mktemp("bert-tiny-eval")
-    torch.manual_seed(1)
-    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
-    shutil.copy(minilm_path / "tokenizer.json", folder)
+    folder = write_tiny_bert(tmp_path_factory.mktemp("bert-tiny-eval"), minilm_path, seed=1, layers=2)
     return RewardModel(tinyrm.load_encoder(folder), max_len=96)
 
 

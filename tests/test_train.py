@@ -1,7 +1,6 @@
 """The trainer end to end: recipes, exact resume, a learning test, the scorer API on a trained run."""
 import json
 import random
-import shutil
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from tinyrm.data import MixEntry
 from tinyrm.recipe import TrainConfig, load_recipe
 from tinyrm.scorer import RewardModel
 from tinyrm.train import make_optimizer, train
+from conftest import write_tiny_bert
 
 WORDS = ("apple river stone cloud piano garden rocket violet candle mirror forest ladder pepper silver "
          "tiger window bridge copper desert falcon harbor island jacket kettle lemon marble needle ocean "
@@ -36,14 +36,7 @@ def repeat_task(n, seed, words=WORDS):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory, minilm_path):
-    from transformers import BertConfig, BertForMaskedLM
-
-    folder = tmp_path_factory.mktemp("bert-tiny")
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
-    shutil.copy(minilm_path / "tokenizer.json", folder)
-    return folder
+    return write_tiny_bert(tmp_path_factory.mktemp("bert-tiny"), minilm_path, seed=0, layers=3)
 
 
 def _cfg(tmp_path, model, data, **kw):
@@ -57,7 +50,6 @@ def _cfg(tmp_path, model, data, **kw):
 
 def test_lr_schedule_warmup_then_linear_decay_to_floor(tiny_bert, tmp_path):
     cfg = _cfg(tmp_path, tiny_bert, "unused", lr=1.0, warmup_frac=0.1, final_lr_frac=0.02)
-    p = torch.nn.Parameter(torch.zeros(2, 2))
     enc = torch.nn.Linear(2, 2)
     opt, sched = make_optimizer(enc, cfg, total_steps=100)
     lrs = []
