@@ -50,8 +50,12 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens:
             and q.dtype in (torch.float16, torch.bfloat16)):
         mx = max(seqlens)
         cu = cu_seqlens.to(torch.int32)
-        w = (-1, -1) if window is None else (window, window)
-        return _varlen_attn(q, k, v, cu, cu, mx, mx, window_size=w)
+        try:
+            if window is None:
+                return _varlen_attn(q, k, v, cu, cu, mx, mx)
+            return _varlen_attn(q, k, v, cu, cu, mx, mx, window_size=(window, window))
+        except (TypeError, RuntimeError):  # an older torch without window_size, or an unsupported GPU
+            pass
     runs = list(_runs(seqlens))
     sizes = [n * count for _, n, count in runs]
     # one split per tensor: slicing each run separately would make autograd zero-fill a full [T, H, D]
