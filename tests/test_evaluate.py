@@ -53,3 +53,14 @@ def test_rewardbench_run_writes_json(rm, tmp_path, monkeypatch):
     assert saved["pairs"] == 2985 and set(saved["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"}
     # identical rows inside a section's domain give identical verdicts: every subset is 0 or 100
     assert all(v in (0.0, 100.0) for v in res["subsets"].values())
+
+
+def test_bfloat16_scoring_tracks_float32(tmp_path, minilm_path):
+    """The bf16 path (fast on AMX CPUs) gives the float32 answer-logit differences to bf16 precision."""
+    import torch
+    folder = write_tiny_bert(tmp_path / "m", minilm_path, seed=2, layers=2)
+    prompts, a, b = ["What is two plus two?", "Name a colour."], ["Four.", "Blue."], ["Five.", "A dog."]
+    z32 = RewardModel(tinyrm.load_encoder(folder), max_len=64).compare_logits(prompts, a, b)
+    z16 = RewardModel(tinyrm.load_encoder(folder, dtype=torch.bfloat16), max_len=64).compare_logits(prompts, a, b)
+    assert z16.dtype == torch.float32 and not torch.equal(z16, z32)  # really ran in bf16
+    torch.testing.assert_close(z16, z32, atol=0.05 * z32.abs().max().item() + 1e-2, rtol=0)

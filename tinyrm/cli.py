@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "or any preference file")
     e.add_argument("--out", default=None, help="where to write the JSON result (default: the run folder)")
     e.add_argument("--batch-tokens", type=int, default=16384)
+    e.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16 runs ~2.5x faster on CPUs with AMX, with small score differences")
     e.set_defaults(fn=lambda a: __import__("tinyrm.evaluate", fromlist=["cli"]).cli(a))
 
     # `tinyrm train --recipe default --lr 1e-4 ...`: unknown --key value pairs override recipe fields

@@ -80,7 +80,8 @@ def evaluate_file(rm: RewardModel, path: Path) -> dict:
 
 def cli(args) -> int:
     model = resolve_model(args.model)
-    rm = RewardModel.load(model, max_tokens=args.batch_tokens, progress=True)
+    rm = RewardModel.load(model, max_tokens=args.batch_tokens, progress=True,
+                          dtype=getattr(torch, getattr(args, "dtype", "float32")))
     data = Path(args.data) if args.data else shared_dir() / "data" / "rewardbench" / "filtered.jsonl"
     first = data.open().readline()
     if '"subset"' in first and '"chosen_model"' in first:
