@@ -83,3 +83,26 @@ def varlen_attention_reference(q, k, v, seqlens: list[int], window: int | None =
     scores = torch.einsum("ihd,jhd->hij", q, k) * D ** -0.5
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.einsum("hij,jhd->ihd", scores.softmax(-1), v)
+
+
+def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: list[int], qpos: torch.Tensor,
+                  window: int | None = None) -> torch.Tensor:
+    """One query per sequence (e.g. its [MASK] slot) against that sequence's keys.
+
+    q [B, heads, hd] (row b belongs to sequence b, at position qpos[b]); k, v [T, heads, hd] packed.
+    -> [B, heads, hd]. Used for the last layer, whose other query rows nobody reads.
+    """
+    B, H, D = q.shape
+    runs = list(_runs(seqlens))
+    sizes = [n * count for _, n, count in runs]
+    outs, b0 = [], 0
+    for (_, n, count), ks, vs in zip(runs, k.split(sizes), v.split(sizes)):
+        qs = q[b0:b0 + count].view(count, H, 1, D)
+        ks, vs = (t.view(count, n, H, D).transpose(1, 2) for t in (ks, vs))   # [count, H, n, D]
+        mask = None
+        if window is not None and n - 1 > window:
+            j = torch.arange(n, device=q.device)
+            mask = ((j[None, :] - qpos[b0:b0 + count, None]).abs() <= window)[:, None, None, :]
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).view(count, H, D))
+        b0 += count
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

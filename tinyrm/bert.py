@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyrm.kernels import varlen_attention
+from tinyrm.kernels import row_attention, varlen_attention
 
 from .config import EncoderConfig
 from .encoder import Encoder, Packed
@@ -55,14 +55,20 @@ class Layer(nn.Module):
         self.intermediate.dense = nn.Linear(H, I)
         self.output = _dense_ln(cfg, I)
 
-    def forward(self, x, p: Packed):  # x [T, H]
+    def forward(self, x, p: Packed, rows: torch.Tensor | None = None):  # x [T, H] -> [T, H] (or [B, H] at rows)
         T = x.shape[0]
         sa = self.attention.self
-        q, k, v = (m(x).view(T, self.heads, self.head_dim) for m in (sa.query, sa.key, sa.value))
-        o = varlen_attention(q, k, v, p.seqlens, None, p.cu_seqlens).reshape(T, -1)  # [T, H]
+        k, v = (m(x).view(T, self.heads, self.head_dim) for m in (sa.key, sa.value))
+        if rows is None:
+            q = sa.query(x).view(T, self.heads, self.head_dim)
+            o = varlen_attention(q, k, v, p.seqlens, None, p.cu_seqlens)
+        else:  # only the rows someone reads: keys and values still come from every token
+            x = x[rows]
+            q = sa.query(x).view(-1, self.heads, self.head_dim)
+            o = row_attention(q, k, v, p.seqlens, p.positions[rows])
         ao = self.attention.output
-        x = ao.LayerNorm(x + ao.dense(o))
-        h = F.gelu(self.intermediate.dense(x))                                          # [T, I]
+        x = ao.LayerNorm(x + ao.dense(o.flatten(1)))
+        h = F.gelu(self.intermediate.dense(x))                                          # [., I]
         return self.output.LayerNorm(x + self.output.dense(h))
 
 
@@ -96,9 +102,10 @@ class Bert(Encoder):
     def embed_packed(self, p: Packed):
         return self.bert.embeddings(p)
 
-    def layers_packed(self, x, p: Packed):
-        for layer in self.bert.encoder.layer:
-            x = layer(x, p)
+    def layers_packed(self, x, p: Packed, rows=None):
+        last = len(self.bert.encoder.layer) - 1
+        for i, layer in enumerate(self.bert.encoder.layer):
+            x = layer(x, p, rows if i == last else None)
         return x
 
     def head_hidden(self, h):

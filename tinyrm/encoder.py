@@ -66,7 +66,8 @@ class Encoder(nn.Module):
     def embed_packed(self, p: Packed) -> torch.Tensor:  # -> [T, H]
         raise NotImplementedError
 
-    def layers_packed(self, x: torch.Tensor, p: Packed) -> torch.Tensor:  # [T, H] -> [T, H]
+    def layers_packed(self, x: torch.Tensor, p: Packed, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[T, H] -> [T, H]; with `rows` (one packed index per sequence) the last layer runs only there -> [B, H]."""
         raise NotImplementedError
 
     def head_hidden(self, h: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, H] (dense, act, norm)
@@ -89,9 +90,10 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     # ---- packed API (what the trainer and scorer call) ----
-    def encode_packed(self, p: Packed) -> torch.Tensor:
-        """Packed batch -> final hidden states [T, H]."""
-        return self.layers_packed(self.embed_packed(p), p)
+    def encode_packed(self, p: Packed, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed batch -> final hidden states [T, H]; or [B, H] at `rows`, one per sequence in order
+        (its mask slot): the last layer's queries, MLP and norms then run on those rows alone."""
+        return self.layers_packed(self.embed_packed(p), p, rows)
 
     def logits_at(self, hidden: torch.Tensor, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [N, H] at the positions wanted -> MLM logits [N, V], or [N, len(vocab_ids)].

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyrm.kernels import apply_rope, geglu, rope_cos_sin, varlen_attention
+from tinyrm.kernels import apply_rope, geglu, row_attention, rope_cos_sin, varlen_attention
 
 from .config import EncoderConfig
 from .encoder import Encoder, Packed
@@ -40,12 +40,16 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.attention_bias)
         self.Wo = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.attention_bias)
 
-    def forward(self, x, cos, sin, p: Packed):  # x [T, H]
+    def forward(self, x, cos, sin, p: Packed, rows=None):  # x [T, H] -> [T, H] (or [B, H] at rows)
         T = x.shape[0]
         q, k, v = self.Wqkv(x).view(T, 3, self.heads, self.head_dim).unbind(1)  # each [T, nh, hd]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = varlen_attention(q, k, v, p.seqlens, self.window, p.cu_seqlens)    # [T, nh, hd]
-        return self.Wo(o.reshape(T, -1))
+        k = apply_rope(k, cos, sin)
+        if rows is None:
+            o = varlen_attention(apply_rope(q, cos, sin), k, v, p.seqlens, self.window, p.cu_seqlens)
+        else:  # one query per sequence (its mask slot) against all of that sequence's keys
+            q = apply_rope(q[rows], cos[rows], sin[rows])
+            o = row_attention(q, k, v, p.seqlens, p.positions[rows], self.window)
+        return self.Wo(o.flatten(1))
 
 
 class MLP(nn.Module):
@@ -67,9 +71,10 @@ class Layer(nn.Module):
         self.mlp_norm = _norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, p: Packed):
+    def forward(self, x, rope, p: Packed, rows=None):
         cos, sin = rope["global" if self.is_global else "local"]
-        x = x + self.attn(self.attn_norm(x), cos, sin, p)
+        a = self.attn(self.attn_norm(x), cos, sin, p, rows)
+        x = (x if rows is None else x[rows]) + a
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -120,13 +125,14 @@ class ModernBert(Encoder):
     def embed_packed(self, p: Packed):
         return self.model.embeddings(p.input_ids)
 
-    def layers_packed(self, x, p: Packed):
+    def layers_packed(self, x, p: Packed, rows=None):
         cfg = self.config
         # cos/sin once per forward per rotary base, shared by every layer of that kind
         rope = {"global": rope_cos_sin(p.positions, cfg.head_dim, cfg.global_theta, x.dtype),
                 "local": rope_cos_sin(p.positions, cfg.head_dim, cfg.local_theta, x.dtype)}
-        for layer in self.model.layers:
-            x = layer(x, rope, p)
+        last = len(self.model.layers) - 1
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, rope, p, rows if i == last else None)
         return self.model.final_norm(x)
 
     def head_hidden(self, h):

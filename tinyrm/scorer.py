@@ -24,9 +24,9 @@ def mask_logits(enc: Encoder, examples, vocab_ids: torch.Tensor) -> torch.Tensor
     """One packed forward: examples (with .input_ids, .token_type_ids, .mask_pos) -> [N, 2] answer logits."""
     dev = vocab_ids.device
     p = packed_from_lists([e.input_ids for e in examples], [e.token_type_ids for e in examples], device=dev)
-    h = enc.encode_packed(p)                                                     # [T, H]
     rows = p.cu_seqlens[:-1] + torch.tensor([e.mask_pos for e in examples], device=dev)
-    return enc.logits_at(h[rows], vocab_ids)                                     # [N, 2]
+    h = enc.encode_packed(p, rows)                                               # [N, H]: last layer at the masks only
+    return enc.logits_at(h, vocab_ids)                                           # [N, 2]
 
 
 def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
