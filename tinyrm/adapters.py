@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tinyrm.config import CheckpointError
+from tinyrm.config import CheckpointError, read_json
 from tinyrm.dora import ADAPTER_PARAMS, DoRALinear, _encoder, adapted_modules, add_dora
 
 FORMAT = "tinyrm-adapter"
@@ -127,12 +127,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, meta: dict | None = 
 
 def read_sidecar(path: str | os.PathLike) -> dict:
     side = sidecar_path(path)
-    if not side.is_file():
-        raise CheckpointError(f"{side}: adapter sidecar not found (written next to {Path(path).name})")
-    try:
-        info = json.loads(side.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{side}: not valid JSON ({e})") from None
+    info = read_json(side, f"adapter sidecar not found (written next to {Path(path).name})")
     if info.get("format") != FORMAT or info.get("version") != VERSION:
         raise CheckpointError(f"{side}: not a {FORMAT} v{VERSION} sidecar "
                               f"(format={info.get('format')!r}, version={info.get('version')!r})")

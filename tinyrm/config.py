@@ -77,6 +77,16 @@ class EncoderConfig:
         return replace(cls(), **{**presets[name], **kw})
 
 
+def read_json(path: Path, missing: str) -> dict:
+    """A JSON file, or a CheckpointError naming it: `missing` when it is absent, the parse error otherwise."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
 def _need(cfg: dict, key: str, path: Path):
     if key not in cfg:
         raise CheckpointError(f"{path}: missing key {key!r}")
@@ -98,12 +108,7 @@ def _rope_theta(cfg: dict, kind: str, legacy: str, default: float) -> float:
 def config_from_hf(path: str | Path) -> EncoderConfig:
     """Parse a Hugging Face `config.json` (ModernBERT in both dialects, or BERT)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: config.json not found")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_json(path, "config.json not found")
     mt = cfg.get("model_type")
     common = dict(
         vocab_size=_need(cfg, "vocab_size", path),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import resource
 import time
 from pathlib import Path
@@ -81,7 +82,6 @@ def load_data(cfg: TrainConfig):
         seen = {p.prompt.strip() for p in train}
         val += [p for p in extra if p.prompt.strip() not in seen]
     if len(val) > cfg.val_max_pairs:  # a fixed, seeded subset keeps validation cheap
-        import random
         val = random.Random(cfg.seed).sample(val, cfg.val_max_pairs)
     return train, val, notes
 
