@@ -3,7 +3,8 @@
     python bench/gpu.py                          # on the GPU machine (bench/gpu.sh runs this)
     python bench/gpu.py --device cpu --tiny      # a CPU smoke run of the same code (tests/test_bench.py)
 
-Measures, like bench/run.py on CPU (shared code: bench/common.py):
+Measures, like bench/run.py on CPU (shared code: bench/machine.py, flops.py, inputs.py, sides.py and
+tables.py):
   * scoring throughput (pairs/s): pre-tokenised pairwise cloze inputs (both orders), tinyrm's RewardModel
     (length-sorted token-budget batches, packed, head at the mask) against transformers'
     ModernBertForMaskedLM with SDPA, padded batches in dataset order, full MLM logits, bf16 weights;
@@ -27,7 +28,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+import flops as F  # noqa: E402
+import inputs as I  # noqa: E402  (also puts the repo root on sys.path)
+import machine as M  # noqa: E402
+import sides as S  # noqa: E402
+import tables as T  # noqa: E402
 
 
 def log(t0, msg):
@@ -38,80 +43,80 @@ def pair_lengths(kind: str, n: int, seed: int, max_len: int) -> tuple[list[int],
     """Recorded lengths (bench/results/lengths.json), else a seeded uniform fallback."""
     import random
     g = random.Random(seed)
-    if C.LENGTHS_FILE.is_file():
-        d = json.loads(C.LENGTHS_FILE.read_text())
+    if I.LENGTHS_FILE.is_file():
+        d = json.loads(I.LENGTHS_FILE.read_text())
         pool = d[f"{kind}_pair_lengths"]
-        return [min(max_len, x) for x in g.sample(pool, min(n, len(pool)))], f"lengths recorded in {C.LENGTHS_FILE.name}"
+        return [min(max_len, x) for x in g.sample(pool, min(n, len(pool)))], f"lengths recorded in {I.LENGTHS_FILE.name}"
     return [g.randint(64, max_len) for _ in range(n)], "uniform random lengths (no lengths.json)"
 
 
 def scoring_inputs(tok, sp, a):
     """(pre-tokenised examples with both orders adjacent, description)."""
     from tinyrm.prompts import DOMAIN_PREFIX
-    rb = C.find_shared(C.REWARDBENCH)
+    rb = I.find_shared(I.REWARDBENCH)
     if rb is not None and a.real_tokenizer and not a.synthetic:
-        pairs = C.rewardbench_sample(a.pairs, a.seed, rb)
-        return C.build_pair_examples(tok, sp, pairs, DOMAIN_PREFIX["chat"], a.max_len), f"RewardBench ({rb})"
+        pairs = I.rewardbench_sample(a.pairs, a.seed, rb)
+        return I.build_pair_examples(tok, sp, pairs, DOMAIN_PREFIX["chat"], a.max_len), f"RewardBench ({rb})"
     lens, how = pair_lengths("rewardbench", a.pairs, a.seed, a.max_len)
-    return [e for e, _ in C.synthetic_pair_examples(lens, sp, seed=a.seed)], f"random ids, RewardBench {how}"
+    return [e for e, _ in I.synthetic_pair_examples(lens, sp, seed=a.seed)], f"random ids, RewardBench {how}"
 
 
 def training_inputs(tok, sp, a):
-    tr = C.find_shared(C.TRAIN_FILE)
+    tr = I.find_shared(I.TRAIN_FILE)
     if tr is not None and a.real_tokenizer and not a.synthetic:
-        return C.train_sample(tok, sp, a.train_pairs, a.train_max_len, a.seed, tr), f"UltraFeedback ({tr})"
+        return I.train_sample(tok, sp, a.train_pairs, a.train_max_len, a.seed, tr), f"UltraFeedback ({tr})"
     lens, how = pair_lengths("train", a.train_pairs, a.seed, a.train_max_len)
-    return C.synthetic_pair_examples(lens, sp, seed=a.seed), f"random ids, UltraFeedback {how}"
+    return I.synthetic_pair_examples(lens, sp, seed=a.seed), f"random ids, UltraFeedback {how}"
 
 
 def mem_mb(device) -> float:
     if torch.device(device).type == "cuda":
         return torch.cuda.memory_allocated() / 2 ** 20
-    return C.rss_mb()
+    return M.rss_mb()
 
 
 def reset_peak(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     else:
-        C.reset_peak_rss()
+        M.reset_peak_rss()
 
 
 def peak_mb(device) -> float:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2 ** 20
-    return C.peak_rss_mb()
+    return M.peak_rss_mb()
 
 
 def bench_training(path: Path, a, batch, device, autocast) -> dict:
     """Both trainers in this process, alternated step by step. Memory per side = the most any of its
     steps allocated above what existed before that step, plus what its first step left allocated for good
     (optimiser state): so the other side's resident model and state never count."""
-    targets = C.MODERNBERT_TARGETS
+    targets = S.MODERNBERT_TARGETS
     torch.manual_seed(0)
-    tr = {"tinyrm": C.TinyrmTrainer(path, a.rank, a.alpha, targets, a.frozen, device, autocast),
-          "ref": C.RefTrainer(path, "modernbert", a.rank, a.alpha, targets, a.frozen, device, autocast)}
+    tr = {"tinyrm": S.TinyrmTrainer(path, a.rank, a.alpha, targets, a.frozen, device, autocast),
+          "ref": S.RefTrainer(path, "modernbert", a.rank, a.alpha, targets, a.frozen, device, autocast)}
     runs = {k: {"step_s": [], "deltas": [], "trainable": v.trainable()} for k, v in tr.items()}
     for side, t in tr.items():  # warm-up: optimiser state, kernel selection, allocator pools
-        C.sync(device)
+        M.sync(device)
         m0 = mem_mb(device)
         reset_peak(device)
         t0 = time.perf_counter()
         for _ in range(a.warmup):
             t.step(batch)
-        C.sync(device)
+        M.sync(device)
         runs[side]["first_step_s"] = (time.perf_counter() - t0) / a.warmup
         runs[side]["deltas"].append(peak_mb(device) - m0)
         runs[side]["persistent_mb"] = mem_mb(device) - m0
 
-    times = C.alternate({k: (lambda t=t: t.step(batch)) for k, t in tr.items()}, a.train_reps, device)
+    times = M.alternate({k: (lambda t=t: t.step(batch)) for k, t in tr.items()}, a.train_reps, device)
     # memory: one extra step per side with the peak reset just before it
     for side, t in tr.items():
-        C.sync(device)
+        M.sync(device)
         runs[side]["_base"] = mem_mb(device)
         reset_peak(device)
         t.step(batch)
-        C.sync(device)
+        M.sync(device)
         runs[side]["deltas"].append(peak_mb(device) - runs[side]["_base"] + runs[side]["persistent_mb"])
     for side in tr:
         runs[side]["step_s"] = times[side]
@@ -124,14 +129,14 @@ def bench_training(path: Path, a, batch, device, autocast) -> dict:
 
 
 def report(info, peak, name, s, t, a, notes, wall, dtype_name) -> str:
-    rows = C.summary_rows(name, s, t["summary"], peak, "allocated" if a.device == "cuda" else "RSS rise")
+    rows = T.summary_rows(name, s, t["summary"], peak, "allocated" if a.device == "cuda" else "RSS rise")
     ts = t["summary"]
     lines = [f"# tinyrm vs transformers (+ peft) on {info.get('gpu', a.device)}", "",
              f"Machine: {info.get('gpu', info['cpu'])}; torch {info['torch']} (CUDA {info.get('cuda')}), "
              f"transformers {info.get('transformers', '?')}, peft {info.get('peft', '?')}; dtype {dtype_name}.",
              f"Measured {dtype_name} matmul peak ({a.mm_n}×{a.mm_n} torch.mm, best of several): "
              f"**{peak / 1e12:.1f} TFLOP/s**.", "",
-             C.md_table(["model", "measure", "tinyrm", "reference", "tinyrm / ref", "goal"], rows), "",
+             T.md_table(["model", "measure", "tinyrm", "reference", "tinyrm / ref", "goal"], rows), "",
              f"- scoring: {s['pairs']} pairs × both orders = {s['sequences']} sequences, {s['tokens']:,} tokens "
              f"(mean {s['mean_len']:.0f}, max {s['max_len']}, max_len {a.max_len}); inputs: {notes['scoring']}; "
              f"pre-tokenised (model work only); reference padded batches of {a.batch} in dataset order "
@@ -140,7 +145,7 @@ def report(info, peak, name, s, t, a, notes, wall, dtype_name) -> str:
              f"{s['max_abs_prob_diff']:.1e}.",
              f"- training: one step = {ts['sequences']} sequences ({ts['sequences'] // 2} pairs × both orders), "
              f"{ts['tokens']:,} real tokens (ref padded {ts['padded_tokens']:,}); inputs: {notes['training']}; "
-             f"DoRA r={a.rank} α={a.alpha:g} on {C.MODERNBERT_TARGETS}, embeddings + {a.frozen} layers frozen, "
+             f"DoRA r={a.rank} α={a.alpha:g} on {S.MODERNBERT_TARGETS}, embeddings + {a.frozen} layers frozen, "
              f"trainable {ts['tinyrm']['trainable']:,} / {ts['ref']['trainable']:,}; fp32 weights"
              f"{' + bf16 autocast' if dtype_name == 'bf16' else ''} on both sides; "
              f"{a.warmup} warm-up steps then {a.train_reps} alternated steps per side, medians "
@@ -148,7 +153,7 @@ def report(info, peak, name, s, t, a, notes, wall, dtype_name) -> str:
              f"{ts['flops']['needed'] / 1e12:.2f} TFLOP per step (6N convention "
              f"{ts['flops']['convention'] / 1e12:.2f}). Memory: peak allocated during a step above what was "
              f"allocated before it, plus the side's own persistent state (optimiser moments).",
-             C.ceiling_note(name, s, ts, peak),
+             T.ceiling_note(name, s, ts, peak),
              "", f"Wall time: {wall:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -182,7 +187,7 @@ def parse(argv=None):
         a.shape, a.pairs, a.reps, a.max_len, a.batch = "modernbert-tiny", 4, 1, 96, 4
         a.train_pairs, a.train_max_len, a.train_reps, a.warmup, a.frozen, a.mm_n = 2, 96, 1, 1, 1, 256
         a.out = a.out or str(Path(tempfile.gettempdir()) / "tinyrm-gpu-tiny.md")
-    a.out = a.out or str(C.ROOT / "bench" / "results" / "gpu.md")
+    a.out = a.out or str(I.ROOT / "bench" / "results" / "gpu.md")
     return a
 
 
@@ -197,35 +202,35 @@ def main(argv=None) -> int:
     dtype = dtype or (torch.bfloat16 if a.device == "cuda" else torch.float32)
     autocast = torch.bfloat16 if dtype == torch.bfloat16 else None
     dname = "bf16" if dtype == torch.bfloat16 else "fp32"
-    C.quiet_transformers()
-    info = C.machine_info(a.device)
+    S.quiet_transformers()
+    info = M.machine_info(a.device)
     log(t0, f"{info}")
-    peaks = [C.matmul_peak(a.device, dtype, n=a.mm_n, reps=10, inner=10 if a.device == "cuda" else 2)]
+    peaks = [M.matmul_peak(a.device, dtype, n=a.mm_n, reps=10, inner=10 if a.device == "cuda" else 2)]
     log(t0, f"{dname} matmul peak {peaks[0] / 1e12:.1f} TFLOP/s")
 
     from tinyrm.prompts import Specials, load_tokenizer
     with tempfile.TemporaryDirectory(prefix="tinyrm-gpu-") as tmp:
-        tok_json = None if a.minimal_tokenizer else C.find_tokenizer()
+        tok_json = None if a.minimal_tokenizer else I.find_tokenizer()
         a.real_tokenizer = tok_json is not None
         if tok_json is None:
-            tok_json = C.write_minimal_tokenizer(Path(tmp) / "tok" / "tokenizer.json")
+            tok_json = I.write_minimal_tokenizer(Path(tmp) / "tok" / "tokenizer.json")
         log(t0, f"building {a.shape} (random init) with tokenizer {tok_json}")
-        path = C.write_modernbert(Path(tmp) / "model", tok_json, a.shape)
+        path = I.write_modernbert(Path(tmp) / "model", tok_json, a.shape)
         tok = load_tokenizer(path)
         sp = Specials.from_tokenizer(tok)
         exs, note_s = scoring_inputs(tok, sp, a)
         batch, note_t = training_inputs(tok, sp, a)
         log(t0, f"scoring {len(exs)} sequences ({note_s})")
-        s = C.bench_scoring(path, "modernbert", a.reps, a.max_len, a.batch, examples=exs, device=a.device, dtype=dtype)
+        s = S.bench_scoring(path, "modernbert", a.reps, a.max_len, a.batch, examples=exs, device=a.device, dtype=dtype)
         log(t0, f"scoring: tinyrm {s['tinyrm']['pairs_per_s']:.0f} pairs/s, ref {s['ref']['pairs_per_s']:.0f} pairs/s")
-        peaks.append(C.matmul_peak(a.device, dtype, n=a.mm_n, reps=5, inner=10 if a.device == "cuda" else 2))
+        peaks.append(M.matmul_peak(a.device, dtype, n=a.mm_n, reps=5, inner=10 if a.device == "cuda" else 2))
         log(t0, f"training on {len(batch)} sequences ({note_t})")
         runs = bench_training(path, a, batch, a.device, autocast)
         from tinyrm.config import config_from_hf
-        shape = C.Shape.of(config_from_hf(path / "config.json"))
-        t = {"runs": runs, "summary": C.training_summary(
+        shape = F.Shape.of(config_from_hf(path / "config.json"))
+        t = {"runs": runs, "summary": T.training_summary(
             {k: [v] for k, v in runs.items()}, [len(e) for e, _ in batch], shape, a.frozen, a.rank,
-            C.MODERNBERT_TARGETS)}
+            S.MODERNBERT_TARGETS)}
         log(t0, f"training: tinyrm {t['summary']['tinyrm']['tokens_per_s']:.0f} tok/s, "
                 f"ref {t['summary']['ref']['tokens_per_s']:.0f} tok/s")
     peak = max(peaks)

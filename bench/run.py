@@ -23,12 +23,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402  (bench/common.py; also puts the repo root on sys.path)
+import flops as F  # noqa: E402  (the shared bench/*.py; importing inputs also puts the repo root on sys.path)
+import inputs as I  # noqa: E402
+import machine as M  # noqa: E402
+import sides as S  # noqa: E402
+import tables as T  # noqa: E402
 
 
 def bench_scoring(path: Path, arch: str, n_pairs: int, a) -> dict:
     """Text in, probabilities out, on both sides (tokenisation timed on both: the same build_pairwise)."""
-    return C.bench_scoring(path, arch, a.reps, a.max_len, a.batch, pairs=C.rewardbench_sample(n_pairs, a.seed))
+    return S.bench_scoring(path, arch, a.reps, a.max_len, a.batch, pairs=I.rewardbench_sample(n_pairs, a.seed))
 
 
 # --------------------------------------------------------------------------- training (subprocess worker)
@@ -37,19 +41,19 @@ def train_worker(a) -> dict:
     """One side, one fresh process: build, baseline RSS, warm-up step, timed steps, peak RSS."""
     torch.set_num_threads(a.threads)
     if a.side == "ref":
-        C.quiet_transformers()
+        S.quiet_transformers()
     torch.manual_seed(0)
-    targets = C.MINILM_TARGETS if a.arch == "bert" else C.MODERNBERT_TARGETS
+    targets = S.MINILM_TARGETS if a.arch == "bert" else S.MODERNBERT_TARGETS
     if a.side == "tinyrm":
-        tr = C.TinyrmTrainer(a.path, a.rank, a.alpha, targets, a.frozen)
+        tr = S.TinyrmTrainer(a.path, a.rank, a.alpha, targets, a.frozen)
     else:
-        tr = C.RefTrainer(a.path, a.arch, a.rank, a.alpha, targets, a.frozen)
+        tr = S.RefTrainer(a.path, a.arch, a.rank, a.alpha, targets, a.frozen)
     from tinyrm.prompts import load_tokenizer
-    batch = C.train_sample(load_tokenizer(Path(a.path)), tr.sp, a.pairs, a.max_len, a.seed)
+    batch = I.train_sample(load_tokenizer(Path(a.path)), tr.sp, a.pairs, a.max_len, a.seed)
     lengths = [len(e) for e, _ in batch]
     gc.collect()
-    base = C.rss_mb()
-    exact = C.reset_peak_rss()
+    base = M.rss_mb()
+    exact = M.reset_peak_rss()
     t = time.perf_counter()
     losses = [tr.step(batch)]
     first = time.perf_counter() - t
@@ -58,7 +62,7 @@ def train_worker(a) -> dict:
         t = time.perf_counter()
         losses.append(tr.step(batch))
         times.append(time.perf_counter() - t)
-    peak = C.peak_rss_mb()
+    peak = M.peak_rss_mb()
     return {"side": a.side, "lengths": lengths, "tokens": sum(lengths), "padded_tokens": len(lengths) * max(lengths),
             "first_step_s": first, "step_s": times, "rss_base_mb": base, "rss_peak_mb": peak,
             "peak_delta_mb": peak - base, "peak_exact": exact, "trainable": tr.trainable(), "losses": losses}
@@ -80,16 +84,16 @@ def bench_training(path: Path, arch: str, a, frozen: int, cfg, n_pairs: int) -> 
     for _ in range(a.train_reps):
         for side in ("tinyrm", "ref"):
             runs[side].append(run_worker(path, arch, side, a, frozen, n_pairs))
-    targets = C.MINILM_TARGETS if arch == "bert" else C.MODERNBERT_TARGETS
-    return C.training_summary(runs, runs["tinyrm"][0]["lengths"], C.Shape.of(cfg), frozen, a.rank, targets)
+    targets = S.MINILM_TARGETS if arch == "bert" else S.MODERNBERT_TARGETS
+    return T.training_summary(runs, runs["tinyrm"][0]["lengths"], F.Shape.of(cfg), frozen, a.rank, targets)
 
 
 # --------------------------------------------------------------------------- the report
 
 def report(info, peak, results, a, wall) -> str:
     rows = [row for name, r in results.items()
-            for row in C.summary_rows(name, r.get("scoring"), r.get("training"), peak, "RSS rise")]
-    table = C.md_table(["model", "measure", "tinyrm", "reference", "tinyrm / ref", "goal"], rows)
+            for row in T.summary_rows(name, r.get("scoring"), r.get("training"), peak, "RSS rise")]
+    table = T.md_table(["model", "measure", "tinyrm", "reference", "tinyrm / ref", "goal"], rows)
     lines = ["# tinyrm vs transformers (+ peft) on CPU", "",
              f"Machine: {info['cpu']}, {info['usable_cores']} usable cores ({info['logical_cores']} logical); "
              f"torch {info['torch']}, {info['threads']} threads; transformers {info.get('transformers', '?')}, "
@@ -126,7 +130,7 @@ def report(info, peak, results, a, wall) -> str:
                          f"(6N convention {t['flops']['convention'] / 1e12:.2f}: utilisation "
                          f"{100 * t['tinyrm']['flops_per_s_convention'] / peak:.0f}% vs "
                          f"{100 * t['ref']['flops_per_s_convention'] / peak:.0f}%).")
-    lines += [C.ceiling_note(name, r.get("scoring"), r.get("training"), peak) for name, r in results.items()]
+    lines += [T.ceiling_note(name, r.get("scoring"), r.get("training"), peak) for name, r in results.items()]
     lines += ["",
               "Reference = the obvious transformers code: `attn_implementation=\"sdpa\"`, padded batches, the full "
               "MLM head over every position, then the [MASK] row's two answer logits; training adds peft "
@@ -169,7 +173,7 @@ def parse(argv=None):
     p.add_argument("--out", default=None, help="default bench/results/cpu.md (--quick: a temp file)")
     p.add_argument("--json", default=None, help="raw results (default bench/results/cpu.json; --quick: none)")
     p.add_argument("--write-lengths", action="store_true",
-                   help=f"only write {C.LENGTHS_FILE.relative_to(C.ROOT)} (token lengths bench/gpu.py uses without ../shared)")
+                   help=f"only write {I.LENGTHS_FILE.relative_to(I.ROOT)} (token lengths bench/gpu.py uses without ../shared)")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--side", help=argparse.SUPPRESS)
@@ -186,8 +190,8 @@ def parse(argv=None):
         a.modernbert_shape = "modernbert-tiny"
         a.out = a.out or str(Path(tempfile.gettempdir()) / "tinyrm-bench-quick.md")
     else:
-        a.out = a.out or str(C.ROOT / "bench" / "results" / "cpu.md")
-        a.json = a.json or str(C.ROOT / "bench" / "results" / "cpu.json")
+        a.out = a.out or str(I.ROOT / "bench" / "results" / "cpu.md")
+        a.json = a.json or str(I.ROOT / "bench" / "results" / "cpu.json")
         a.modernbert_shape = "modernbert-base"
     return a
 
@@ -200,27 +204,27 @@ def main(argv=None) -> int:
         print(json.dumps(train_worker(a)))
         return 0
     if a.write_lengths:
-        d = C.write_lengths()
-        print(f"wrote {C.LENGTHS_FILE}: {len(d['rewardbench_pair_lengths'])} RewardBench and "
+        d = I.write_lengths()
+        print(f"wrote {I.LENGTHS_FILE}: {len(d['rewardbench_pair_lengths'])} RewardBench and "
               f"{len(d['train_pair_lengths'])} training pair lengths")
         return 0
     t0 = time.time()
-    load = C.OtherLoad()
+    load = M.OtherLoad()
     torch.set_num_threads(a.threads)
-    C.quiet_transformers()
-    info = C.machine_info()
-    a.peaks = [C.matmul_peak(n=a.mm_n)]
+    S.quiet_transformers()
+    info = M.machine_info()
+    a.peaks = [M.matmul_peak(n=a.mm_n)]
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     parts = {x.strip() for x in a.parts.split(",")}
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="tinyrm-bench-") as tmp:
         for m in models:
             if m == "minilm":
-                name, path, arch, frozen = "MiniLM-L6", C.minilm_path(), "bert", a.frozen_minilm
+                name, path, arch, frozen = "MiniLM-L6", I.minilm_path(), "bert", a.frozen_minilm
             elif m == "modernbert":
                 name, arch, frozen = a.modernbert_shape.replace("modernbert", "ModernBERT") + " (random)", "modernbert", a.frozen_modernbert
                 print(f"[{time.time() - t0:5.0f}s] building {a.modernbert_shape} ...", flush=True)
-                path = C.write_modernbert(Path(tmp) / "modernbert", C.minilm_path() / "tokenizer.json", a.modernbert_shape)
+                path = I.write_modernbert(Path(tmp) / "modernbert", I.minilm_path() / "tokenizer.json", a.modernbert_shape)
             else:
                 raise SystemExit(f"unknown model {m!r}")
             from tinyrm.config import config_from_hf
@@ -231,12 +235,12 @@ def main(argv=None) -> int:
                 print(f"[{time.time() - t0:5.0f}s] {name}: scoring ...", flush=True)
                 results[name]["scoring"] = bench_scoring(
                     path, arch, a.pairs_minilm if arch == "bert" else a.pairs_modernbert, a)
-                a.peaks.append(C.matmul_peak(n=a.mm_n))
+                a.peaks.append(M.matmul_peak(n=a.mm_n))
             if "training" in parts:
                 print(f"[{time.time() - t0:5.0f}s] {name}: training ...", flush=True)
                 results[name]["training"] = bench_training(
                     path, arch, a, frozen, cfg, a.train_pairs if arch == "bert" else a.train_pairs_modernbert)
-                a.peaks.append(C.matmul_peak(n=a.mm_n))
+                a.peaks.append(M.matmul_peak(n=a.mm_n))
     peak = max(a.peaks)
     wall = time.time() - t0
     info["other_load_cores"] = load.cores()
