@@ -152,3 +152,63 @@ def test_paper_recipes_fit_modernbert(name, tiny_modernbert):
         names = add_dora(enc, 4, cfg.alpha, cfg.targets)
         assert {n.rsplit(".", 1)[-1] for n in names} == set(cfg.targets)
     freeze_layers(enc, min(cfg.freeze_layers, enc.config.num_layers))
+
+
+def test_validation_per_domain_and_selection(tiny_bert, tmp_path):
+    """val_score is the mean of the per-domain accuracies (hand-computed from the same logits), the
+    validation sample holds an equal share per domain, and the best checkpoint follows val_score."""
+    from tinyrm.train import load_data, prepare_model, validate
+
+    rows = repeat_task(60, 5) + [dict(r, domain="safety") for r in repeat_task(200, 6)]
+    data = _write(tmp_path / "d.jsonl", rows)
+    cfg = _cfg(tmp_path, tiny_bert, data, val_frac=0.5, val_max_pairs=40)
+    _, val, _ = load_data(cfg)
+    counts = {d: sum(p.domain == d for p in val) for d in ("chat", "safety")}
+    assert counts == {"chat": 20, "safety": 20}, counts               # 40 // 2 domains, not 60/40 by size
+
+    enc = prepare_model(cfg, torch.device("cpu")).eval()
+    v = validate(enc, cfg, val)
+    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
+    z = rm.compare_logits([p.prompt for p in val], [p.chosen for p in val], [p.rejected for p in val],
+                          [p.domain for p in val])
+    acc = {d: sum(float(x) > 0 for x, p in zip(z, val) if p.domain == d) / counts[d] for d in counts}
+    assert v["val_acc_chat"] == pytest.approx(acc["chat"]) and v["val_acc_safety"] == pytest.approx(acc["safety"])
+    assert v["val_score"] == pytest.approx((acc["chat"] + acc["safety"]) / 2)
+    assert v["val_acc"] == pytest.approx(sum(float(x) > 0 for x in z) / len(val))
+    cfg.select = "acc"
+    assert validate(enc, cfg, val)["val_score"] == pytest.approx(v["val_acc"])
+    cfg.select = "nope"
+    with pytest.raises(ValueError, match="select must be"):
+        validate(enc, cfg, val)
+
+    s = train(_cfg(tmp_path, tiny_bert, data, max_steps=6, eval_every=2, val_frac=0.5, val_max_pairs=40))
+    rows = [json.loads(x) for x in (tmp_path / s["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in rows if "val_score" in r]
+    best = max(vals, key=lambda r: r["val_score"])                      # first maximum wins ties
+    assert s["best_step"] == best["step"] and s["best_val_score"] == pytest.approx(best["val_score"])
+    kept = json.loads((tmp_path / s["run_dir"] / "best" / "adapter.json").read_text())
+    assert kept["step"] == best["step"]
+
+
+def test_cpu_bf16_autocast_trains_close_to_float32(tiny_bert, tmp_path):
+    """amp = "bf16" on CPU runs the matmuls in bfloat16 while weights and optimiser state stay float32;
+    a short run follows the float32 run's losses within bf16 accuracy."""
+    from tinyrm.train import autocast_for
+
+    cfg = _cfg(tmp_path, tiny_bert, "unused", amp="bf16")
+    with autocast_for(cfg, torch.device("cpu")):
+        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
+    with autocast_for(_cfg(tmp_path, tiny_bert, "unused", amp="auto"), torch.device("cpu")):
+        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
+    with pytest.raises(ValueError, match="amp must be"):
+        autocast_for(_cfg(tmp_path, tiny_bert, "unused", amp="fp8"), torch.device("cpu"))
+
+    data = _write(tmp_path / "d.jsonl", repeat_task(60, 7))
+    runs = {a: train(_cfg(tmp_path, tiny_bert, data, max_steps=5, amp=a), run_dir=tmp_path / a) for a in ("off", "bf16")}
+    loss = {a: [json.loads(x)["loss"] for x in (tmp_path / a / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in x and "val" not in x] for a in runs}
+    assert len(loss["off"]) == 5 and loss["off"] != loss["bf16"]        # bf16 really ran
+    for x, y in zip(loss["off"], loss["bf16"]):
+        assert x == pytest.approx(y, abs=0.03)
+    w = load_file(tmp_path / "bf16" / "last" / "adapter.safetensors")
+    assert all(t.dtype == torch.float32 for t in w.values())

@@ -54,12 +54,16 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = 0                  # >0 caps the number of optimiser steps
     margin: float = 0.0                 # Bradley–Terry margin
+    amp: str = "auto"                   # "bf16": autocast matmuls to bfloat16 (weights, grads, optimiser stay
+                                        # float32); "off"; "auto" = bf16 on CUDA, off on CPU
     seed: int = 17
     # data
     data: list[MixEntry] = field(default_factory=list)
     val: list[MixEntry] = field(default_factory=list)
     val_frac: float = 0.05
     val_max_pairs: int = 400
+    select: str = "domain_mean"         # best checkpoint by "domain_mean" (mean of per-domain validation
+                                        # accuracies, as RewardBench averages its sections) or pooled "acc"
     drop_rewardbench_overlap: bool = True
     skip_bad: bool = False
     # bookkeeping
