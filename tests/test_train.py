@@ -107,7 +107,7 @@ def test_recipe_overrides_and_errors(tmp_path):
     cfg = load_recipe("default", ["--lr", "1e-4", "--use-dora", "false", "--targets", "query,value",
                                   "--max_steps", "7"])
     assert cfg.lr == 1e-4 and cfg.use_dora is False and cfg.targets == ["query", "value"] and cfg.max_steps == 7
-    assert cfg.data and all(e.path.endswith((".jsonl", ".jsonl.gz")) for e in cfg.data)
+    assert cfg.data and all(e.synth or e.path.endswith((".jsonl", ".jsonl.gz")) for e in cfg.data)
     with pytest.raises(ValueError, match="unknown override '--nope'"):
         load_recipe("default", ["--nope", "1"])
     with pytest.raises(ValueError, match="expected int"):

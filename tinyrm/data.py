@@ -230,10 +230,12 @@ def read_pairs(path, skip_bad: bool = False, domain: str | None = None,
 
 @dataclass
 class MixEntry:
-    path: str
+    path: str | None = None
     weight: float = 1.0            # 2.0 = every row twice; 0.5 = a seeded half of the rows
     domain: str | None = None      # overrides the rows' own domain
     max_rows: int | None = None    # a seeded random subset of this many rows, before weighting
+    synth: str | None = None       # instead of a file: "math" | "code" generated pairs (tinyrm/synth.py),
+                                   # max_rows of them (default 500)
 
 
 def _rng(*parts) -> random.Random:
@@ -256,9 +258,14 @@ def load_mix(entries: list[MixEntry], seed: int,
     Repeated rows are the same objects (grouping by prompt keeps them on one side of a split)."""
     out, reports = [], []
     for i, e in enumerate(entries):
-        rows, rep = read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
+        if e.synth:
+            from .synth import generate
+            rows = generate(e.synth, e.max_rows or 500, seed)
+            rep = SkipReport(path=f"synth-{e.synth}", total=len(rows))
+        else:
+            rows, rep = read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
         reports.append(rep)
-        rng = _rng(seed, i, str(e.path))
+        rng = _rng(seed, i, str(e.path or e.synth))
         if e.max_rows is not None and len(rows) > e.max_rows:
             rows = [rows[j] for j in sorted(rng.sample(range(len(rows)), e.max_rows))]
         out += weighted_sample(rows, e.weight, rng)

@@ -80,11 +80,19 @@ class TrainConfig:
 def _entries(rows: list[dict], where: str) -> list[MixEntry]:
     out = []
     for i, r in enumerate(rows):
-        if "path" not in r:
-            raise ValueError(f"{where}: entry {i} has no 'path'")
-        p = str(r["path"]).replace("$SHARED", str(shared_dir()))
-        out.append(MixEntry(path=str(p if Path(p).is_absolute() else ROOT / p), weight=float(r.get("weight", 1.0)),
-                            domain=r.get("domain"), max_rows=r.get("max_rows")))
+        unknown = set(r) - {"path", "weight", "domain", "max_rows", "synth"}
+        if unknown:
+            raise ValueError(f"{where}: entry {i} has unknown key(s) {', '.join(sorted(unknown))}")
+        if ("path" in r) == ("synth" in r):
+            raise ValueError(f"{where}: entry {i} needs exactly one of 'path' or 'synth'")
+        if "synth" in r and r["synth"] not in ("math", "code"):
+            raise ValueError(f"{where}: entry {i}: synth must be 'math' or 'code', got {r['synth']!r}")
+        p = None
+        if "path" in r:
+            p = str(r["path"]).replace("$SHARED", str(shared_dir()))
+            p = str(p if Path(p).is_absolute() else ROOT / p)
+        out.append(MixEntry(path=p, weight=float(r.get("weight", 1.0)), domain=r.get("domain"),
+                            max_rows=r.get("max_rows"), synth=r.get("synth")))
     return out
 
 

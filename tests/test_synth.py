@@ -1,0 +1,91 @@
+"""Synthetic reasoning pairs: the chosen side is right, the rejected side wrong in exactly one place."""
+import ast
+import calendar
+import inspect
+import re
+
+import pytest
+
+from tinyrm import synth
+from tinyrm.data import MixEntry, load_mix
+from tinyrm.recipe import load_recipe
+
+_EQ = re.compile(r"(\d+) (x|\+|-|/) \$?(\d+) = \$?(\d+)|2 x \((\d+) \+ (\d+)\) = (\d+)")
+
+
+def _claims(text):
+    """Every 'a op b = c' in a worked solution, with whether it is true ('/' rounds down)."""
+    out = []
+    for m in _EQ.finditer(text):
+        if m.group(5):
+            out.append(2 * (int(m.group(5)) + int(m.group(6))) == int(m.group(7)))
+        else:
+            a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            out.append({"x": a * b, "+": a + b, "-": a - b, "/": a // max(b, 1)}[op] == c)
+    return out
+
+
+def test_math_pairs_right_vs_one_slip():
+    pairs = synth.generate("math", 200, seed=3)
+    assert pairs == synth.generate("math", 200, seed=3)                    # deterministic
+    assert pairs != synth.generate("math", 200, seed=4)
+    for p in pairs:
+        good, bad = _claims(p.chosen), _claims(p.rejected)
+        assert good and all(good), p.chosen                             # every step of the chosen is right
+        assert len(bad) == len(good) and bad.count(False) == 1, p.rejected   # one slip, carried forward
+        # same template, same length in words: only numbers differ
+        assert re.sub(r"\d+", "N", p.chosen) == re.sub(r"\d+", "N", p.rejected)
+        assert p.chosen.splitlines()[-1] != p.rejected.splitlines()[-1]           # and a wrong answer
+        assert p.domain == "reasoning" and p.source == "synth-math"
+
+
+def test_code_pairs_real_function_vs_one_mutation():
+    fn = next(n for n in ast.parse(inspect.getsource(calendar)).body
+              if isinstance(n, ast.FunctionDef) and n.name == "leapdays")
+    import random
+    rng, differ, n = random.Random(0), 0, 0
+    grid = [(a, b) for a in range(1890, 2030, 7) for b in range(1890, 2110, 11) if a <= b]
+    while n < 25:
+        p = synth.code_pair(rng, [("calendar", fn)])
+        if p is None:
+            continue
+        n += 1
+        ns_good, ns_bad = {}, {}
+        exec(p.chosen.strip("`").removeprefix("python\n"), ns_good)
+        exec(p.rejected.strip("`").removeprefix("python\n"), ns_bad)
+        assert all(ns_good["leapdays"](a, b) == calendar.leapdays(a, b) for a, b in grid)
+        differ += any(ns_bad["leapdays"](a, b) != calendar.leapdays(a, b) for a, b in grid)
+        # one node changed, the signature (which the prompt quotes) untouched
+        assert p.chosen.splitlines()[1] == p.rejected.splitlines()[1] == "def leapdays(y1, y2):"
+        assert "leapdays(y1, y2)" in p.prompt and "leap years" in p.prompt
+        assert '"""' not in p.chosen                                      # the docstring went to the prompt
+    assert differ >= 22, differ                                           # mutations change behaviour
+
+
+def test_code_pairs_from_the_stdlib_and_in_a_mix():
+    pairs = synth.generate("code", 120, seed=0)
+    assert len(pairs) == 120 and len({p.prompt for p in pairs}) > 50
+    for p in pairs:
+        assert p.chosen != p.rejected
+        good, bad = (ast.parse(x.strip("`").removeprefix("python\n")) for x in (p.chosen, p.rejected))
+        assert sum(a != b for a, b in zip(ast.dump(good).split(), ast.dump(bad).split())) >= 1
+    mix, reports = load_mix([MixEntry(synth="code", max_rows=40), MixEntry(synth="math", max_rows=30, weight=2.0)], 0)
+    assert len(mix) == 100 and {p.source for p in mix} == {"synth-code", "synth-math"}
+    assert [r.total for r in reports] == [40, 30]
+    with pytest.raises(ValueError, match="unknown synthetic kind"):
+        synth.generate("poetry", 3)
+
+
+def test_recipe_synth_entries(tmp_path):
+    r = tmp_path / "r.toml"
+    r.write_text('[[data]]\nsynth = "math"\nmax_rows = 10\n')
+    assert load_recipe(str(r)).data == [MixEntry(synth="math", max_rows=10)]
+    r.write_text('[[data]]\nsynth = "math"\npath = "x.jsonl"\n')
+    with pytest.raises(ValueError, match=r"r\.toml: \[\[data\]\]: entry 0 needs exactly one of 'path' or 'synth'"):
+        load_recipe(str(r))
+    r.write_text('[[data]]\nsynth = "poems"\n')
+    with pytest.raises(ValueError, match="synth must be 'math' or 'code'"):
+        load_recipe(str(r))
+    r.write_text('[[data]]\npath = "x.jsonl"\nweigth = 2\n')
+    with pytest.raises(ValueError, match="unknown key.*weigth"):
+        load_recipe(str(r))
