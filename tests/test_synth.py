@@ -89,3 +89,20 @@ def test_recipe_synth_entries(tmp_path):
     r.write_text('[[data]]\npath = "x.jsonl"\nweigth = 2\n')
     with pytest.raises(ValueError, match="unknown key.*weigth"):
         load_recipe(str(r))
+
+
+def test_generated_pairs_never_validate(tmp_path):
+    """The validation split holds real pairs only; every generated pair goes to training."""
+    import json
+    from tinyrm.recipe import TrainConfig
+    from tinyrm.train import load_data
+
+    real = tmp_path / "real.jsonl"
+    real.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b", "domain": "chat"}) + "\n"
+                            for i in range(200)))
+    cfg = TrainConfig(data=[MixEntry(path=str(real)), MixEntry(synth="math", max_rows=300)], val_frac=0.2,
+                      val_max_pairs=1000, drop_rewardbench_overlap=False)
+    train, val, _ = load_data(cfg)
+    assert val and all(p.source == "real" for p in val)
+    assert sum(p.source == "synth-math" for p in train) == 300
+    assert len(train) + len(val) == 500

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 
 from .checkpoint import find_resumable, rng_state, save_checkpoint, set_rng_state
-from .data import MixEntry, drop_overlap, load_mix, split_validation
+from .data import MixEntry, drop_overlap, load_mix, prompt_hash, split_validation
 from .dora import add_dora, freeze_layers, param_summary
 from .prompts import PAIRWISE_WORDS, POINTWISE_WORDS, length_grouped_batches, pairwise_examples, pointwise_examples
 from .recipe import ROOT, TrainConfig, load_recipe, shared_dir
@@ -77,6 +77,9 @@ def load_data(cfg: TrainConfig):
         pairs, n = drop_overlap(pairs, {json.loads(line)["prompt"] for line in rb.open()})
         notes.append(f"dropped {n} training pairs whose prompt is a RewardBench prompt")
     train, val = split_validation(pairs, cfg.val_frac, cfg.seed, min_rows=min(50, len(pairs) // 10))
+    # generated pairs never validate: a model would be scored on the generator's own patterns
+    train += [p for p in val if p.source.startswith("synth-")]
+    val = [p for p in val if not p.source.startswith("synth-")]
     if cfg.val:
         extra, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad)
         seen = {p.prompt.strip() for p in train}
@@ -89,7 +92,8 @@ def load_data(cfg: TrainConfig):
             by_dom.setdefault(p.domain, []).append(p)
         share, rng, keep = cfg.val_max_pairs // len(by_dom), random.Random(cfg.seed), []
         for dom in sorted(by_dom, key=str):
-            rows = by_dom[dom]
+            # a canonical order first, so the sample does not depend on how the mix was shuffled
+            rows = sorted(by_dom[dom], key=lambda p: (prompt_hash(p.prompt + p.chosen + p.rejected), p.prompt))
             keep += rng.sample(rows, min(share, len(rows)))
         val = keep
     return train, val, notes
