@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/run.py                 # the full run (< 10 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick         # tiny settings, for development (~1 minute)
+    .venv/bin/python bench/run.py --no-bf16       # without the bfloat16 scoring rows
 
 For MiniLM-L6 (real weights) and a randomly initialised ModernBERT-base-shaped model it measures
 scoring throughput on RewardBench pairs, DoRA training-step throughput and peak memory, and the model
-FLOP/s achieved against this machine's measured float32 matmul peak. Sides alternate (tinyrm, ref,
-tinyrm, ref, ...) and medians are reported; each training repetition runs in a fresh subprocess so one
-side's allocations never count against the other. Method and formulas: bench/README.md.
+FLOP/s achieved against this machine's measured float32 matmul peak; then scoring again with both sides
+in bfloat16 (against the measured bf16 matmul peak, and bf16-vs-float32 preference agreement on the same
+pairs; no goal is claimed in bf16). Sides alternate (tinyrm, ref, tinyrm, ref, ...) and medians are
+reported; each training repetition runs in a fresh subprocess so one side's allocations never count
+against the other. Method and formulas: bench/README.md.
 """
 from __future__ import annotations
 
@@ -30,9 +33,20 @@ import sides as S  # noqa: E402
 import tables as T  # noqa: E402
 
 
-def bench_scoring(path: Path, arch: str, n_pairs: int, a) -> dict:
+def bench_scoring(path: Path, arch: str, n_pairs: int, a, dtype=torch.float32, reps=None) -> dict:
     """Text in, probabilities out, on both sides (tokenisation timed on both: the same build_pairwise)."""
-    return S.bench_scoring(path, arch, a.reps, a.max_len, a.batch, pairs=I.rewardbench_sample(n_pairs, a.seed))
+    return S.bench_scoring(path, arch, reps or a.reps, a.max_len, a.batch, pairs=I.rewardbench_sample(n_pairs, a.seed),
+                           dtype=dtype)
+
+
+def bench_scoring_bf16(path: Path, arch: str, n_pairs: int, a, s32: dict) -> dict:
+    """Both sides in bfloat16 on the float32 run's pairs (the same seeded sample): tinyrm
+    load_encoder(dtype=bfloat16) (what `tinyrm eval --dtype bfloat16` loads) vs transformers
+    from_pretrained(dtype=bfloat16), the same code as float32 otherwise; plus each side's preference
+    agreement with its own float32 run `s32`."""
+    s16 = bench_scoring(path, arch, n_pairs, a, torch.bfloat16, a.reps_bf16)
+    s16["agreement"] = {side: T.preference_agreement(s16["probs"][side], s32["probs"][side]) for side in ("tinyrm", "ref")}
+    return s16
 
 
 # --------------------------------------------------------------------------- training (subprocess worker)
@@ -91,8 +105,10 @@ def bench_training(path: Path, arch: str, a, frozen: int, cfg, n_pairs: int) -> 
 # --------------------------------------------------------------------------- the report
 
 def report(info, peak, results, a, wall) -> str:
+    peak16 = max(a.peaks_bf16) if a.peaks_bf16 else None
     rows = [row for name, r in results.items()
-            for row in T.summary_rows(name, r.get("scoring"), r.get("training"), peak, "RSS rise")]
+            for row in T.summary_rows(name, r.get("scoring"), r.get("training"), peak, "RSS rise")
+            + (T.bf16_rows(name, r["scoring_bf16"], r["scoring"], peak16) if r.get("scoring_bf16") else [])]
     table = T.md_table(["model", "measure", "tinyrm", "reference", "tinyrm / ref", "goal"], rows)
     lines = ["# tinyrm vs transformers (+ peft) on CPU", "",
              f"Machine: {info['cpu']}, {info['usable_cores']} usable cores ({info['logical_cores']} logical); "
@@ -101,8 +117,12 @@ def report(info, peak, results, a, wall) -> str:
              f"average during the run (from /proc/stat; 1-min load average at start "
              f"{info.get('load_avg_1m', float('nan')):.2f}): figures taken on a shared machine are noisy.",
              f"Measured float32 matmul peak ({a.mm_n}×{a.mm_n} torch.mm, best of several, measured {len(a.peaks)} times "
-             f"during the run): **{peak / 1e9:.0f} GFLOP/s** (all: {', '.join(f'{p / 1e9:.0f}' for p in a.peaks)}).",
-             ""]
+             f"during the run): **{peak / 1e9:.0f} GFLOP/s** (all: {', '.join(f'{p / 1e9:.0f}' for p in a.peaks)})."]
+    if peak16:
+        lines.append(f"Measured bfloat16 matmul peak (the same torch.mm on bf16 tensors, measured {len(a.peaks_bf16)} "
+                     f"times): **{peak16 / 1e9:.0f} GFLOP/s** (all: {', '.join(f'{p / 1e9:.0f}' for p in a.peaks_bf16)}), "
+                     f"{peak16 / peak:.1f}× the float32 peak; the bf16 rows' utilisation is against this peak.")
+    lines.append("")
     if info["other_load_cores"] > 0.2:
         lines += [f"**Warning: other processes used {info['other_load_cores']:.2f} of the "
                   f"{info['usable_cores']} cores during this run; with 2 threads every parallel op then waits for "
@@ -130,7 +150,24 @@ def report(info, peak, results, a, wall) -> str:
                          f"(6N convention {t['flops']['convention'] / 1e12:.2f}: utilisation "
                          f"{100 * t['tinyrm']['flops_per_s_convention'] / peak:.0f}% vs "
                          f"{100 * t['ref']['flops_per_s_convention'] / peak:.0f}%).")
+        b = r.get("scoring_bf16")
+        if b:
+            ag = b["agreement"]
+            lines.append(f"- {name} scoring in bf16: the same {b['pairs']} pairs, text in, probabilities out; tinyrm "
+                         f"`load_encoder(path, dtype=torch.bfloat16)` (as `tinyrm eval --dtype bfloat16`), reference "
+                         f"`from_pretrained(..., dtype=torch.bfloat16)` with the same SDPA padded code; "
+                         f"{a.reps_bf16} alternated reps, medians {b['tinyrm']['s']:.2f} s vs {b['ref']['s']:.2f} s; "
+                         f"max |P_tinyrm − P_ref| (both bf16) = {b['max_abs_prob_diff']:.1e}. The \"reference in "
+                         f"float32\" row divides by the float32 reference's median from the float32 rows "
+                         f"(the default a transformers user gets; measured earlier in this run, not alternated with "
+                         f"the bf16 tinyrm). Agreement = pairs whose preference (P > 0.5) is the same in bf16 as in "
+                         f"float32 on the same side: tinyrm {ag['tinyrm']['agree']}/{ag['tinyrm']['pairs']}, max "
+                         f"|P_bf16 − P_fp32| = {ag['tinyrm']['max_abs_diff']:.1e}; transformers "
+                         f"{ag['ref']['agree']}/{ag['ref']['pairs']}, {ag['ref']['max_abs_diff']:.1e} (a pair at exactly "
+                         f"P = 0.5, no preference, counts as \"not a\"; the table says how many there are).")
     lines += [T.ceiling_note(name, r.get("scoring"), r.get("training"), peak) for name, r in results.items()]
+    lines += [T.ceiling_note(f"{name} bf16", r["scoring_bf16"], None, peak16, "measured bf16 peak")
+              for name, r in results.items() if r.get("scoring_bf16")]
     lines += ["",
               "Reference = the obvious transformers code: `attn_implementation=\"sdpa\"`, padded batches, the full "
               "MLM head over every position, then the [MASK] row's two answer logits; training adds peft "
@@ -141,7 +178,10 @@ def report(info, peak, results, a, wall) -> str:
               "ModernBERT-base is random-init (transformers' init), vocab 50368, max_len 512 to keep time down. "
               "Memory = the training process's peak RSS (VmHWM, reset after the model, adapters, optimiser and "
               "batch exist) minus its RSS at that point: activations, gradients, optimiser state and temporaries "
-              "of a warm-up step plus the timed steps. Throughput counts real (unpadded) tokens for both sides.",
+              "of a warm-up step plus the timed steps. Throughput counts real (unpadded) tokens for both sides."
+              + (" The goals are float32 goals: the bf16 rows claim none. The random ModernBERT's probabilities sit "
+                 "close to 0.5, so its bf16 agreement measures rounding at near-ties, not ranking quality."
+                 if peak16 else ""),
               "", f"Wall time of this run: {wall:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -157,6 +197,8 @@ def parse(argv=None):
     p.add_argument("--pairs-minilm", type=int, default=32)
     p.add_argument("--pairs-modernbert", type=int, default=8)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bfloat16 scoring rows")
+    p.add_argument("--reps-bf16", type=int, default=3, help="alternated reps of the bf16 scoring")
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--train-pairs", type=int, default=8, help="MiniLM pairs per step (x2 orders = sequences)")
@@ -184,7 +226,7 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
-        a.pairs_minilm, a.pairs_modernbert, a.reps, a.max_len = 4, 2, 1, 128
+        a.pairs_minilm, a.pairs_modernbert, a.reps, a.reps_bf16, a.max_len = 4, 2, 1, 1, 128
         a.train_pairs, a.train_pairs_modernbert, a.train_max_len, a.train_reps, a.mm_n = 2, 2, 128, 1, 512
         a.frozen_modernbert = 2
         a.modernbert_shape = "modernbert-tiny"
@@ -216,6 +258,7 @@ def main(argv=None) -> int:
     a.peaks = [M.matmul_peak(n=a.mm_n)]
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     parts = {x.strip() for x in a.parts.split(",")}
+    a.peaks_bf16 = [M.matmul_peak(dtype=torch.bfloat16, n=a.mm_n)] if a.bf16 and "scoring" in parts else []
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="tinyrm-bench-") as tmp:
         for m in models:
@@ -233,9 +276,13 @@ def main(argv=None) -> int:
             results[name] = {}
             if "scoring" in parts:
                 print(f"[{time.time() - t0:5.0f}s] {name}: scoring ...", flush=True)
-                results[name]["scoring"] = bench_scoring(
-                    path, arch, a.pairs_minilm if arch == "bert" else a.pairs_modernbert, a)
+                n_score = a.pairs_minilm if arch == "bert" else a.pairs_modernbert
+                results[name]["scoring"] = bench_scoring(path, arch, n_score, a)
                 a.peaks.append(M.matmul_peak(n=a.mm_n))
+                if a.bf16:
+                    print(f"[{time.time() - t0:5.0f}s] {name}: scoring in bf16 ...", flush=True)
+                    results[name]["scoring_bf16"] = bench_scoring_bf16(path, arch, n_score, a, results[name]["scoring"])
+                    a.peaks_bf16.append(M.matmul_peak(dtype=torch.bfloat16, n=a.mm_n))
             if "training" in parts:
                 print(f"[{time.time() - t0:5.0f}s] {name}: training ...", flush=True)
                 results[name]["training"] = bench_training(
@@ -250,7 +297,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": info, "peak": peak, "peaks": a.peaks, "results": results},
+        Path(a.json).write_text(json.dumps({"machine": info, "peak": peak, "peaks": a.peaks,
+                                            "peaks_bf16": a.peaks_bf16, "results": results},
                                            indent=1, default=str))
     print(f"wrote {out}; wall time {wall:.0f} s", flush=True)
     return 0

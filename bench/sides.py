@@ -214,7 +214,8 @@ def bench_scoring(path: Path, arch: str, reps: int, max_len: int, batch: int, pa
     res = {"pairs": n_pairs, "sequences": len(lengths), "tokens": sum(lengths), "padded_tokens": padded,
            "mean_len": sum(lengths) / len(lengths), "max_len": max(lengths), "flops": flops, "times": times,
            "max_abs_prob_diff": (outs["tinyrm"][0] - outs["ref"][0]).abs().max().item(),
-           "text_in": examples is None, "batch": batch}
+           "text_in": examples is None, "batch": batch, "dtype": str(dtype).removeprefix("torch."),
+           "probs": {side: outs[side][0].tolist() for side in outs}}   # first rep's P(a beats b) per pair
     for side in ("tinyrm", "ref"):
         t = median(times[side])
         res[side] = {"s": t, "pairs_per_s": n_pairs / t, "flops_per_s": flops / t}

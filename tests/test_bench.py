@@ -1,10 +1,13 @@
-"""The benchmark helpers (bench/flops.py, machine.py, inputs.py, tables.py): FLOP formula against hand
-computations and against the real modules' weights, the alternating timer, medians, memory probes, and a
-CPU smoke run of bench/gpu.py."""
+"""The benchmark helpers (bench/flops.py, machine.py, inputs.py, tables.py, run.py's report): FLOP formula
+against hand computations and against the real modules' weights, the alternating timer, medians, the
+float32 and bf16 matmul peaks, bf16-vs-float32 preference agreement, the bf16 rows (ratios, no goal
+claimed), memory probes, and a CPU smoke run of bench/gpu.py."""
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -108,6 +111,86 @@ def test_matmul_peak_and_memory_probes():
     x += 1
     del x
     assert M.peak_rss_mb() - base > 40
+
+
+def test_matmul_peak_in_bf16_uses_bf16_tensors_and_the_flop_formula(monkeypatch):
+    """The bf16 peak is timed on bf16 operands, and is 2·n³ ÷ the best per-mm time (a fake clock that
+    advances 1 s per reading: inner=2 mms between two readings -> 0.5 s per mm)."""
+    seen, real_mm = [], torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b, out=None: (seen.append((a.dtype, b.dtype, out.dtype)),
+                                                              real_mm(a, b, out=out))[1])
+    clock = iter(range(1000))
+    monkeypatch.setattr(M, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    peak = M.matmul_peak(dtype=torch.bfloat16, n=64, reps=3, inner=2)
+    assert peak == 2 * 64 ** 3 / 0.5
+    assert len(seen) == 1 + 3 * 2 and set(seen) == {(torch.bfloat16,) * 3}
+    monkeypatch.undo()
+    assert M.matmul_peak(dtype=torch.bfloat16, n=64, reps=2, inner=1) > 0  # the real clock
+
+
+def test_preference_agreement_by_hand():
+    # prefers a (P > 0.5): p T F T F ; q T T F F -> the same on pairs 0 and 3; 0.5 counts as "not a"
+    a = T.preference_agreement([0.9, 0.4, 0.51, 0.5], [0.8, 0.6, 0.49, 0.2])
+    assert (a["pairs"], a["agree"], a["fraction"], a["ties"]) == (4, 2, 0.5, 1)
+    assert a["max_abs_diff"] == pytest.approx(0.3)
+    assert T.preference_agreement(torch.tensor([0.7, 0.2]), [0.7, 0.2]) == \
+        {"pairs": 2, "agree": 2, "fraction": 1.0, "max_abs_diff": pytest.approx(0.0, abs=1e-7), "ties": 0}
+    with pytest.raises(ValueError):
+        T.preference_agreement([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError):
+        T.preference_agreement([], [])
+
+
+def _scoring(tin_pps, ref_pps, tin_fps, ref_fps, **kw):
+    return {"tinyrm": {"pairs_per_s": tin_pps, "flops_per_s": tin_fps},
+            "ref": {"pairs_per_s": ref_pps, "flops_per_s": ref_fps}, **kw}
+
+
+def test_bf16_rows_ratios_and_no_goal_claimed():
+    s32 = _scoring(12.0, 5.0, 90.0, 30.0)
+    ag = {"tinyrm": T.preference_agreement([0.9, 0.4, 0.6], [0.8, 0.6, 0.7]),
+          "ref": T.preference_agreement([0.9, 0.5, 0.6], [0.9, 0.5, 0.6])}
+    s16 = _scoring(40.0, 10.0, 600.0, 200.0, agreement=ag)
+    rows = T.bf16_rows("m", s16, s32, peak16=1000.0)
+    assert len(rows) == 4 and all(r[0] == "m" and len(r) == 6 for r in rows)
+    speed, util, vs32, agree = rows
+    # tinyrm bf16 vs transformers bf16: 40 / 10
+    assert "reference in bf16" in speed[1] and speed[2:5] == ["40.00", "10.00", "4.00×"]
+    # utilisation against the bf16 peak: 600 / 1000, 200 / 1000
+    assert "bf16 matmul peak" in util[1] and util[2:5] == ["60%", "20%", "3.00×"]
+    # tinyrm bf16 against the float32 reference's pairs/s: 40 / 5
+    assert "reference in float32" in vs32[1] and vs32[2:5] == ["40.00", "5.00", "8.00×"]
+    assert agree[2:5] == ["2/3 (67%), 2.0e-01", "3/3 (100%; 1 at P = 0.5), 0.0e+00", "—"]
+    # bf16 rows never claim the float32 goals, though 4x and 60% would meet them
+    assert all(r[5] == T.NO_GOAL_BF16 and "met" not in r[5] for r in rows)
+    # the float32 rows keep their labels and goals
+    assert [r[1] for r in T.summary_rows("m", s32, None, 100.0, "x")] == \
+        ["scoring (pairs/s)", "scoring utilisation (model FLOP/s ÷ matmul peak)"]
+
+
+def test_cpu_report_has_the_bf16_peak_and_rows():
+    """run.py's report from given medians: the bf16 peak next to the float32 one, the bf16 rows after the
+    float32 ones; --no-bf16 parses to bf16 off."""
+    run = importlib.import_module("run")
+    a = run.parse([])
+    assert a.bf16 and not run.parse(["--no-bf16"]).bf16
+    a.peaks, a.peaks_bf16 = [100e9, 90e9], [500e9, 560e9]
+    extra = dict(pairs=2, sequences=4, tokens=400, mean_len=100, max_len=120, padded_tokens=480, flops=1e12,
+                 max_abs_prob_diff=1e-3)
+    s32 = _scoring(2.0, 1.0, 40e9, 20e9, **extra)
+    s32["tinyrm"]["s"], s32["ref"]["s"] = 1.0, 2.0
+    s16 = _scoring(8.0, 2.0, 160e9, 40e9, agreement={k: T.preference_agreement([0.6, 0.3], [0.7, 0.4])
+                                                      for k in ("tinyrm", "ref")}, **extra)
+    s16["tinyrm"]["s"], s16["ref"]["s"] = 0.25, 1.0
+    info = {"cpu": "x", "usable_cores": 2, "logical_cores": 2, "torch": "t", "threads": 2, "other_load_cores": 0.0}
+    text = run.report(info, 100e9, {"M": {"scoring": s32, "scoring_bf16": s16}}, a, 1.0)
+    assert "float32 matmul peak" in text and "**100 GFLOP/s**" in text
+    assert "bfloat16 matmul peak" in text and "**560 GFLOP/s**" in text and "5.6× the float32 peak" in text
+    table = [line for line in text.splitlines() if line.startswith("| M |")]
+    assert [r.split(" | ")[4] for r in table] == ["2.00×", "2.00×", "4.00×", "4.00×", "8.00×", "—"]
+    assert all(T.NO_GOAL_BF16 in r for r in table[2:]) and not any(T.NO_GOAL_BF16 in r for r in table[:2])
+    # bf16 utilisation against the bf16 peak (160 / 560, 40 / 560), not the float32 one
+    assert "| 29% | 7% |" in table[3]
 
 
 def test_synthetic_examples_have_the_template_layout():
