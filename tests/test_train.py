@@ -212,3 +212,33 @@ def test_cpu_bf16_autocast_trains_close_to_float32(tiny_bert, tmp_path):
         assert x == pytest.approx(y, abs=0.03)
     w = load_file(tmp_path / "bf16" / "last" / "adapter.safetensors")
     assert all(t.dtype == torch.float32 for t in w.values())
+
+
+def test_length_balance_per_domain():
+    """Per domain, as many chosen-longer as chosen-shorter pairs survive (the minority side is kept whole);
+    equal lengths are kept; the survivors keep their order; the same seed drops the same pairs."""
+    from tinyrm.data import PreferencePair
+    from tinyrm.train import length_balanced
+
+    rng = random.Random(0)
+    pairs = []
+    for i in range(300):
+        dom = ["chat", "safety", None][i % 3]
+        a, b = "x" * rng.randint(1, 9), "y" * rng.randint(1, 9)
+        longer_first = rng.random() < (0.7 if dom == "chat" else 0.4)
+        c, r = (max(a, b, key=len), min(a, b, key=len)) if longer_first else (min(a, b, key=len), max(a, b, key=len))
+        pairs.append(PreferencePair(f"q{i}", c, r, dom, "t"))
+    kept, dropped = length_balanced(pairs, seed=1)
+    assert len(kept) + dropped == len(pairs) and dropped > 0
+    for dom in ("chat", "safety", None):
+        before = [p for p in pairs if p.domain == dom]
+        after = [p for p in kept if p.domain == dom]
+        n_long = sum(len(p.chosen) > len(p.rejected) for p in after)
+        n_short = sum(len(p.chosen) < len(p.rejected) for p in after)
+        assert n_long == n_short == min(sum(len(p.chosen) > len(p.rejected) for p in before),
+                                        sum(len(p.chosen) < len(p.rejected) for p in before))
+        assert sum(len(p.chosen) == len(p.rejected) for p in after) == sum(len(p.chosen) == len(p.rejected) for p in before)
+    pos = {id(p): i for i, p in enumerate(pairs)}
+    assert [pos[id(p)] for p in kept] == sorted(pos[id(p)] for p in kept)
+    again, _ = length_balanced(pairs, seed=1)
+    assert [id(p) for p in again] == [id(p) for p in kept]

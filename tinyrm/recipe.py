@@ -66,6 +66,8 @@ class TrainConfig:
                                         # accuracies, as RewardBench averages its sections) or pooled "acc"
     drop_rewardbench_overlap: bool = True
     skip_bad: bool = False
+    length_balance: bool = False        # per domain, keep as many training pairs whose chosen response is the
+                                        # longer as pairs where it is the shorter (length is then no shortcut)
     # bookkeeping
     eval_every: int = 50
     save_every: int = 50

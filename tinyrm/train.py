@@ -80,6 +80,10 @@ def load_data(cfg: TrainConfig):
     # generated pairs never validate: a model would be scored on the generator's own patterns
     train += [p for p in val if p.source.startswith("synth-")]
     val = [p for p in val if not p.source.startswith("synth-")]
+    if cfg.length_balance:
+        train, n = length_balanced(train, cfg.seed)
+        notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "
+                     "is the longer one as often as the shorter")
     if cfg.val:
         extra, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad)
         seen = {p.prompt.strip() for p in train}
@@ -97,6 +101,22 @@ def load_data(cfg: TrainConfig):
             keep += rng.sample(rows, min(share, len(rows)))
         val = keep
     return train, val, notes
+
+
+def length_balanced(pairs, seed: int):
+    """(pairs, n_dropped): per domain, a seeded subsample of the majority side so that pairs whose chosen
+    response is longer (in characters) are exactly as many as those where it is shorter; ties all stay.
+    Preference data usually favours the longer answer (60-70 % of the chat and reasoning files here), so a
+    model can score well by counting tokens, which fails wherever the better answer is the short one
+    (refusals, terse correct answers). Balancing removes that shortcut; the order of the rest is kept."""
+    rng, drop = random.Random(f"length-balance-{seed}"), set()
+    for dom in sorted({p.domain for p in pairs}, key=str):
+        idx = [i for i, p in enumerate(pairs) if p.domain == dom]
+        longer = [i for i in idx if len(pairs[i].chosen) > len(pairs[i].rejected)]
+        shorter = [i for i in idx if len(pairs[i].chosen) < len(pairs[i].rejected)]
+        big, small = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+        drop.update(rng.sample(big, len(big) - len(small)))
+    return [p for i, p in enumerate(pairs) if i not in drop], len(drop)
 
 
 def build_examples(enc, cfg: TrainConfig, pairs):
