@@ -10,7 +10,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# ../shared next to the repository, as the recipes resolve $SHARED (TINYRM_SHARED overrides both)
+SHARED = Path(os.environ.get("TINYRM_SHARED", ROOT.parent / "shared"))
 
 
 def shared_path(rel: str) -> Path:

@@ -13,7 +13,9 @@ import pytest
 from tinyrm.data import (DataError, MixEntry, PreferencePair, SkipReport, drop_overlap, load_mix,
                          prompt_hash, read_pairs, render_turns, split_validation)
 
-SHARED = Path("/work/shared/data")
+from conftest import SHARED as _SHARED_ROOT
+
+SHARED = _SHARED_ROOT / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists() and os.environ.get("CI") != "true",
                                   reason="shared data absent (fails instead under CI=true)")
 

@@ -11,7 +11,9 @@ from tinyrm.rewardbench import (EXPECTED_COUNTS, SECTIONS, RewardBenchError, acc
                                 score_rewardbench)
 from tinyrm.report import markdown_table, plot_sections, write_json
 
-FILTERED = Path("/work/shared/data/rewardbench/filtered.jsonl")
+from conftest import SHARED
+
+FILTERED = SHARED / "data" / "rewardbench" / "filtered.jsonl"
 ALL_SUBSETS = [s for subs in SECTIONS.values() for s in subs]
 
 
