@@ -175,6 +175,13 @@ def test_validation_per_domain_and_selection(tiny_bert, tmp_path):
     assert v["val_acc_chat"] == pytest.approx(acc["chat"]) and v["val_acc_safety"] == pytest.approx(acc["safety"])
     assert v["val_score"] == pytest.approx((acc["chat"] + acc["safety"]) / 2)
     assert v["val_acc"] == pytest.approx(sum(float(x) > 0 for x in z) / len(val))
+    z_ab, z_ba = rm.pairwise_logits([p.prompt for p in val], [p.chosen for p in val], [p.rejected for p in val],
+                                    [p.domain for p in val])
+    first = [float(x) > 0 for x in z_ab]                                # chosen shown as Choice 0
+    second = [float(x) < 0 for x in z_ba]                               # chosen shown as Choice 1
+    assert v["val_acc_chosen_first"] == pytest.approx(sum(first) / len(val))
+    assert v["val_acc_chosen_second"] == pytest.approx(sum(second) / len(val))
+    assert v["val_same_verdict_both_orders"] == pytest.approx(sum(a == b for a, b in zip(first, second)) / len(val))
     cfg.select = "acc"
     assert validate(enc, cfg, val)["val_score"] == pytest.approx(v["val_acc"])
     cfg.select = "nope"

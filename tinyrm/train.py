@@ -175,9 +175,19 @@ def validate(enc, cfg: TrainConfig, val) -> dict:
     """Pooled accuracy and loss, accuracy per domain, and `val_score`, the number that picks the best
     checkpoint: the mean of the per-domain accuracies (cfg.select = "domain_mean") or the pooled one."""
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
-    z = rm.compare_logits([p.prompt for p in val], [p.chosen for p in val], [p.rejected for p in val],
-                          [p.domain for p in val])
-    out = {"val_acc": (z > 0).float().mean().item(), "val_loss": bradley_terry_loss(z).item()}
+    args = ([p.prompt for p in val], [p.chosen for p in val], [p.rejected for p in val], [p.domain for p in val])
+    out = {}
+    if cfg.mode == "pairwise":
+        # one order at a time too: a model whose verdict follows the position more than the content shows
+        # it here (the averaged score below cancels the offset but keeps little signal)
+        z_ab, z_ba = rm.pairwise_logits(*args)
+        z = (z_ab - z_ba) / 2
+        out = {"val_acc_chosen_first": (z_ab > 0).float().mean().item(),
+               "val_acc_chosen_second": (z_ba < 0).float().mean().item(),
+               "val_same_verdict_both_orders": ((z_ab > 0) == (z_ba < 0)).float().mean().item()}
+    else:
+        z = rm.compare_logits(*args)
+    out = {"val_acc": (z > 0).float().mean().item(), "val_loss": bradley_terry_loss(z).item(), **out}
     doms = sorted({p.domain or "none" for p in val})
     for d in doms:
         idx = torch.tensor([(p.domain or "none") == d for p in val])
