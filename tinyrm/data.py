@@ -259,7 +259,7 @@ def load_mix(entries: list[MixEntry], seed: int,
     out, reports = [], []
     for i, e in enumerate(entries):
         if e.synth:
-            from .synth import generate
+            from .synth import generate  # here, not at the top: synth.py imports PreferencePair from this module
             rows = generate(e.synth, e.max_rows or 500, seed)
             rep = SkipReport(path=f"synth-{e.synth}", total=len(rows))
         else:

@@ -17,6 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from .data import MixEntry
+from .synth import KINDS as SYNTH_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -82,13 +83,14 @@ class TrainConfig:
 def _entries(rows: list[dict], where: str) -> list[MixEntry]:
     out = []
     for i, r in enumerate(rows):
-        unknown = set(r) - {"path", "weight", "domain", "max_rows", "synth"}
+        unknown = set(r) - {f.name for f in fields(MixEntry)}
         if unknown:
             raise ValueError(f"{where}: entry {i} has unknown key(s) {', '.join(sorted(unknown))}")
         if ("path" in r) == ("synth" in r):
             raise ValueError(f"{where}: entry {i} needs exactly one of 'path' or 'synth'")
-        if "synth" in r and r["synth"] not in ("math", "code"):
-            raise ValueError(f"{where}: entry {i}: synth must be 'math' or 'code', got {r['synth']!r}")
+        if "synth" in r and r["synth"] not in SYNTH_KINDS:
+            raise ValueError(f"{where}: entry {i}: synth must be {' or '.join(map(repr, SYNTH_KINDS))}, "
+                             f"got {r['synth']!r}")
         p = None
         if "path" in r:
             p = str(r["path"]).replace("$SHARED", str(shared_dir()))

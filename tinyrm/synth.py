@@ -191,6 +191,9 @@ def code_pair(rng: random.Random, funcs) -> PreferencePair | None:
     return PreferencePair(prompt, f"```python\n{good}\n```", f"```python\n{bad}\n```", "reasoning", "synth-code")
 
 
+KINDS = ("math", "code")
+
+
 def generate(kind: str, n: int, seed: int = 0) -> list[PreferencePair]:
     """n pairs of the given kind ("math" | "code"), the same for the same (kind, n, seed)."""
     rng = random.Random(f"synth-{kind}-{seed}")
@@ -207,4 +210,4 @@ def generate(kind: str, n: int, seed: int = 0) -> list[PreferencePair]:
             if p is not None:
                 out.append(p)
         return out
-    raise ValueError(f"unknown synthetic kind {kind!r} (known: 'math', 'code')")
+    raise ValueError(f"unknown synthetic kind {kind!r} (known: {', '.join(map(repr, KINDS))})")
