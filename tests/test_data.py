@@ -221,29 +221,45 @@ def _rows(n, tag):
 def test_mix_weights(tmp_path):
     a = write(tmp_path / "a.jsonl", _rows(10, "a"))
     b = write(tmp_path / "b.jsonl", _rows(4, "b"))
-    mix, reps = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=3)
+    mix, _, reps = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=3)
     counts = Counter(p.prompt for p in mix)
     assert len(mix) == 22 and len(reps) == 2
     assert all(counts[f"a{i}"] == 2 for i in range(10))           # 2.0: every row twice
     assert sorted(counts[f"b{i}"] for i in range(4)) == [0, 0, 1, 1]  # 0.5: half the rows, once
     assert {p.domain for p in mix if p.prompt[0] == "b"} == {"safety"}
-    mix2, _ = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=3)
+    mix2, _, _ = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=3)
     assert [p.prompt for p in mix2] == [p.prompt for p in mix]       # deterministic by seed
-    mix3, _ = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=4)
+    mix3, _, _ = load_mix([MixEntry(str(a), 2.0), MixEntry(str(b), 0.5, domain="safety")], seed=4)
     assert [p.prompt for p in mix3] != [p.prompt for p in mix]
     assert [p.prompt for p in mix] != [p.prompt for p in sorted(mix, key=lambda p: p.prompt)]
 
 
 def test_mix_fraction_max_rows_and_zero(tmp_path):
     a = write(tmp_path / "a.jsonl", _rows(10, "a"))
-    mix, _ = load_mix([MixEntry(str(a), 1.5)], seed=0)
+    mix, _, _ = load_mix([MixEntry(str(a), 1.5)], seed=0)
     counts = Counter(Counter(p.prompt for p in mix).values())
     assert counts == {2: 5, 1: 5}                                     # 1.5 = all once + a seeded half again
-    mix, _ = load_mix([MixEntry(str(a), 2.0, max_rows=3)], seed=0)
+    mix, _, _ = load_mix([MixEntry(str(a), 2.0, max_rows=3)], seed=0)
     assert len(mix) == 6 and len({p.prompt for p in mix}) == 3
     assert load_mix([MixEntry(str(a), 0.0)], seed=0)[0] == []
     with pytest.raises(ValueError):
         load_mix([MixEntry(str(a), -1.0)], seed=0)
+
+
+def test_mix_holds_out_each_file_before_weighting(tmp_path):
+    a = write(tmp_path / "a.jsonl", _rows(200, "a"))
+    b = write(tmp_path / "b.jsonl", _rows(100, "b") + _rows(20, "a"))  # 20 prompts shared with a.jsonl
+    expect = {q for q in [f"a{i}" for i in range(200)] + [f"b{i}" for i in range(100)] if prompt_hash(q, 3) < 0.1}
+    vals = []
+    for wa, wb in ((1.0, 1.0), (0.3, 2.0), (2.5, 0.5)):
+        train, val, _ = load_mix([MixEntry(str(a), wa), MixEntry(str(b), wb)], seed=3, val_frac=0.1)
+        assert not {p.prompt for p in train} & {p.prompt for p in val}   # shared prompts: held out of both
+        vals.append(sorted(p.prompt for p in val))
+        assert set(vals[-1]) == expect                                  # the hash slice of every file
+    assert vals[0] == vals[1] == vals[2]                                # whatever the weights
+    train, val, _ = load_mix([MixEntry(str(a), 1.0), MixEntry(str(b), 0.0)], seed=3, val_frac=0.1)
+    assert {p.prompt for p in val} == {q for q in expect if q.startswith("a")}  # weight 0: no rows at all
+    assert len(train) == 200 - len([q for q in expect if q.startswith("a")])
 
 
 # ---- validation split ----

@@ -69,7 +69,7 @@ def test_code_pairs_from_the_stdlib_and_in_a_mix():
         assert p.chosen != p.rejected
         good, bad = (ast.parse(x.strip("`").removeprefix("python\n")) for x in (p.chosen, p.rejected))
         assert sum(a != b for a, b in zip(ast.dump(good).split(), ast.dump(bad).split())) >= 1
-    mix, reports = load_mix([MixEntry(synth="code", max_rows=40), MixEntry(synth="math", max_rows=30, weight=2.0)], 0)
+    mix, _, reports = load_mix([MixEntry(synth="code", max_rows=40), MixEntry(synth="math", max_rows=30, weight=2.0)], 0)
     assert len(mix) == 100 and {p.source for p in mix} == {"synth-code", "synth-math"}
     assert [r.total for r in reports] == [40, 30]
     with pytest.raises(ValueError, match="unknown synthetic kind"):

@@ -252,25 +252,38 @@ def weighted_sample(rows: list, weight: float, rng: random.Random) -> list:
     return rows * whole + [rows[i] for i in sorted(extra)]
 
 
-def load_mix(entries: list[MixEntry], seed: int,
-             skip_bad: bool = False) -> tuple[list[PreferencePair], list[SkipReport]]:
-    """Read every entry, subsample to max_rows, repeat by weight, then shuffle the whole mix by seed.
-    Repeated rows are the same objects (grouping by prompt keeps them on one side of a split)."""
-    out, reports = [], []
+def _read_entry(i: int, e: MixEntry, seed: int, skip_bad: bool):
+    if e.synth:
+        from .synth import generate  # here, not at the top: synth.py imports PreferencePair from this module
+        rows = generate(e.synth, e.max_rows or 500, seed)
+        return rows, SkipReport(path=f"synth-{e.synth}", total=len(rows))
+    return read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
+
+
+def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False,
+             val_frac: float = 0.0) -> tuple[list[PreferencePair], list[PreferencePair], list[SkipReport]]:
+    """(train, val, reports). Every file entry first gives up its validation slice: the prompts whose
+    hash (seed) is below `val_frac` (split_validation; at least one prompt per file when val_frac > 0).
+    Then the rest is subsampled to max_rows, repeated by weight and the whole mix shuffled by seed.
+
+    Carving each FILE before weighting keeps validation fixed while the weights change, so two mixes
+    are compared on the same held-out pairs; a prompt's side depends only on its text, so a prompt
+    shared by two files is held out of both. Generated (synth) entries give no validation rows, and a
+    weight-0 entry none either. Repeated rows are the same objects."""
+    train, val, reports = [], [], []
     for i, e in enumerate(entries):
-        if e.synth:
-            from .synth import generate  # here, not at the top: synth.py imports PreferencePair from this module
-            rows = generate(e.synth, e.max_rows or 500, seed)
-            rep = SkipReport(path=f"synth-{e.synth}", total=len(rows))
-        else:
-            rows, rep = read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
+        rows, rep = _read_entry(i, e, seed, skip_bad)
         reports.append(rep)
+        if val_frac > 0 and not e.synth and e.weight > 0:
+            n_prompts = len({p.prompt.strip() for p in rows})
+            rows, held = split_validation(rows, val_frac, seed, min_rows=1 if n_prompts > 1 else 0)
+            val += held
         rng = _rng(seed, i, str(e.path or e.synth))
         if e.max_rows is not None and len(rows) > e.max_rows:
             rows = [rows[j] for j in sorted(rng.sample(range(len(rows)), e.max_rows))]
-        out += weighted_sample(rows, e.weight, rng)
-    _rng(seed, "shuffle").shuffle(out)
-    return out, reports
+        train += weighted_sample(rows, e.weight, rng)
+    _rng(seed, "shuffle").shuffle(train)
+    return train, val, reports
 
 
 def prompt_hash(prompt: str, seed: int = 0) -> float:

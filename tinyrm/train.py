@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 
 from .checkpoint import find_resumable, rng_state, save_checkpoint, set_rng_state
-from .data import MixEntry, drop_overlap, load_mix, prompt_hash, split_validation
+from .data import MixEntry, drop_overlap, load_mix, prompt_hash
 from .dora import add_dora, freeze_layers, param_summary
 from .prompts import PAIRWISE_WORDS, POINTWISE_WORDS, length_grouped_batches, pairwise_examples, pointwise_examples
 from .recipe import ROOT, TrainConfig, load_recipe, shared_dir
@@ -69,23 +69,20 @@ def make_optimizer(enc, cfg: TrainConfig, total_steps: int):
 
 def load_data(cfg: TrainConfig):
     """(train pairs, val pairs, report lines) — validation carved from the training mix (+ cfg.val files)."""
-    pairs, reports = load_mix(cfg.data, cfg.seed, skip_bad=cfg.skip_bad)
+    train, val, reports = load_mix(cfg.data, cfg.seed, skip_bad=cfg.skip_bad, val_frac=cfg.val_frac)
     notes = [str(r) for r in reports if r.skipped]
     rb = shared_dir() / "data" / "rewardbench" / "filtered.jsonl"
     if cfg.drop_rewardbench_overlap and rb.is_file():
         # a guard, not a selection: rows whose prompt is literally a RewardBench prompt are removed
-        pairs, n = drop_overlap(pairs, {json.loads(line)["prompt"] for line in rb.open()})
-        notes.append(f"dropped {n} training pairs whose prompt is a RewardBench prompt")
-    train, val = split_validation(pairs, cfg.val_frac, cfg.seed, min_rows=min(50, len(pairs) // 10))
-    # generated pairs never validate: a model would be scored on the generator's own patterns
-    train += [p for p in val if p.source.startswith("synth-")]
-    val = [p for p in val if not p.source.startswith("synth-")]
+        banned = {json.loads(line)["prompt"] for line in rb.open()}
+        (train, n), (val, m) = drop_overlap(train, banned), drop_overlap(val, banned)
+        notes.append(f"dropped {n + m} pairs whose prompt is a RewardBench prompt")
     if cfg.length_balance:
         train, n = length_balanced(train, cfg.seed)
         notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "
                      "is the longer one as often as the shorter")
     if cfg.val:
-        extra, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad)
+        extra, _, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad)
         seen = {p.prompt.strip() for p in train}
         val += [p for p in extra if p.prompt.strip() not in seen]
     if len(val) > cfg.val_max_pairs:
