@@ -155,6 +155,15 @@ def build_pair_examples(tok, sp, pairs, prefix: str, max_len: int):
     return out
 
 
+def build_point_examples(tok, sp, pairs, max_len: int):
+    """One pointwise example per response, in dataset order: [a_0, b_0, a_1, b_1, ...]."""
+    from tinyrm.prompts import POINTWISE_PREFIX, build_pointwise
+    out = []
+    for q, a, b in pairs:
+        out += [build_pointwise(tok, sp, q, a, POINTWISE_PREFIX, max_len), build_pointwise(tok, sp, q, b, POINTWISE_PREFIX, max_len)]
+    return out
+
+
 # --------------------------------------------------------------------------- lengths (for machines without the data)
 
 LENGTHS_FILE = ROOT / "bench" / "results" / "lengths.json"

@@ -108,6 +108,8 @@ def report(info, peak, results, a, wall) -> str:
     peak16 = max(a.peaks_bf16) if a.peaks_bf16 else None
     rows = [row for name, r in results.items()
             for row in T.summary_rows(name, r.get("scoring"), r.get("training"), peak, "RSS rise")
+            + (T.scoring_rows(name, r["scoring_pointwise"]["tinyrm"], r["scoring_pointwise"]["ref"], peak,
+                              "pointwise scoring") if r.get("scoring_pointwise") else [])
             + (T.bf16_rows(name, r["scoring_bf16"], r["scoring"], peak16) if r.get("scoring_bf16") else [])]
     table = T.md_table(["model", "measure", "tinyrm", "reference", "tinyrm / ref", "goal"], rows)
     lines = ["# tinyrm vs transformers (+ peft) on CPU", "",
@@ -139,6 +141,14 @@ def report(info, peak, results, a, wall) -> str:
                          f"build_pairwise code); {a.reps} alternated reps, medians {s['tinyrm']['s']:.2f} s "
                          f"vs {s['ref']['s']:.2f} s; model {s['flops'] / 1e12:.2f} TFLOP per rep; max |P_tinyrm − "
                          f"P_ref| = {s['max_abs_prob_diff']:.1e}.")
+        sp = r.get("scoring_pointwise")
+        if sp:
+            lines.append(f"- {name} pointwise scoring (the default recipe's mode: one sequence per response, "
+                         f"`RewardModel.compare` on a pointwise model vs the same padded transformers code on "
+                         f"build_pointwise examples): the same {sp['pairs']} pairs = {sp['sequences']} sequences, "
+                         f"{sp['tokens']:,} tokens (mean {sp['mean_len']:.0f}); reference padded to "
+                         f"{sp['padded_tokens']:,}; medians {sp['tinyrm']['s']:.2f} s vs {sp['ref']['s']:.2f} s; "
+                         f"max |P_tinyrm − P_ref| = {sp['max_abs_prob_diff']:.1e}.")
         if t:
             lines.append(f"- {name} training: one step = {t['sequences']} sequences ({t['sequences'] // 2} "
                          f"UltraFeedback pairs × both orders), {t['tokens']:,} real tokens (ref padded: "
@@ -199,6 +209,8 @@ def parse(argv=None):
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bfloat16 scoring rows")
     p.add_argument("--reps-bf16", type=int, default=3, help="alternated reps of the bf16 scoring")
+    p.add_argument("--no-pointwise", dest="pointwise", action="store_false",
+                   help="skip MiniLM's pointwise scoring rows (the default recipe's mode)")
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--train-pairs", type=int, default=8, help="MiniLM pairs per step (x2 orders = sequences)")
@@ -279,6 +291,12 @@ def main(argv=None) -> int:
                 n_score = a.pairs_minilm if arch == "bert" else a.pairs_modernbert
                 results[name]["scoring"] = bench_scoring(path, arch, n_score, a)
                 a.peaks.append(M.matmul_peak(n=a.mm_n))
+                if a.pointwise and arch == "bert":  # the default recipe (MiniLM) scores pointwise
+                    print(f"[{time.time() - t0:5.0f}s] {name}: pointwise scoring ...", flush=True)
+                    results[name]["scoring_pointwise"] = S.bench_scoring(
+                        path, arch, a.reps, a.max_len, a.batch, pairs=I.rewardbench_sample(n_score, a.seed),
+                        mode="pointwise")
+                    a.peaks.append(M.matmul_peak(n=a.mm_n))
                 if a.bf16:
                     print(f"[{time.time() - t0:5.0f}s] {name}: scoring in bf16 ...", flush=True)
                     results[name]["scoring_bf16"] = bench_scoring_bf16(path, arch, n_score, a, results[name]["scoring"])

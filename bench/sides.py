@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from flops import Shape, scoring_flops
-from inputs import build_pair_examples  # also puts the repo root on sys.path (the lazy tinyrm imports)
+from inputs import build_pair_examples, build_point_examples  # also put the repo root on sys.path
 from machine import alternate, median
 
 MINILM_TARGETS = ["query", "key", "value", "dense"]      # the default recipe's targets
@@ -56,22 +56,28 @@ def load_reference(path: Path, arch: str, device="cpu", dtype=torch.float32, lik
 
 # --------------------------------------------------------------------------- scoring: the two sides
 
+def pair_probability(z: torch.Tensor, mode: str) -> torch.Tensor:
+    """Adjacent logits -> P(a beats b): pairwise (z_ab, z_ba) -> σ((z_ab − z_ba) / 2), both orders
+    averaged; pointwise (r_a, r_b) -> σ(r_a − r_b). The same rule as RewardModel.compare_logits."""
+    return torch.sigmoid((z[0::2] - z[1::2]) / (2 if mode == "pairwise" else 1))
+
+
 def tinyrm_score(rm, pairs=None, examples=None) -> torch.Tensor:
     """P(a beats b) per pair. Text in: RewardModel.compare (tokenises, sorts by length, packs, head at the
     mask for the two answer rows). Examples in: the same minus tokenisation (RewardModel._logits)."""
     if examples is None:
         return torch.tensor(rm.compare([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]))
-    z = rm._logits(examples)
-    return torch.sigmoid((z[0::2] - z[1::2]) / 2)
+    return pair_probability(rm._logits(examples), rm.mode)
 
 
 class RefScorer:
     """The obvious transformers implementation: padded batches of `batch` sequences in dataset order,
     the full MLM head over every position, then the mask position's two answer logits."""
 
-    def __init__(self, model, tok, sp, answer_ids, prefix: str, max_len: int, batch: int = 8, arch="bert"):
+    def __init__(self, model, tok, sp, answer_ids, prefix: str, max_len: int, batch: int = 8, arch="bert",
+                 mode: str = "pairwise"):
         self.model, self.tok, self.sp, self.prefix, self.max_len = model, tok, sp, prefix, max_len
-        self.batch, self.arch = batch, arch
+        self.batch, self.arch, self.mode = batch, arch, mode
         self.device = next(model.parameters()).device
         self.answer = torch.tensor(answer_ids, device=self.device)
 
@@ -89,9 +95,14 @@ class RefScorer:
 
     def __call__(self, pairs=None, examples=None) -> torch.Tensor:
         if examples is None:
-            examples = build_pair_examples(self.tok, self.sp, pairs, self.prefix, self.max_len)
-        z = self.logits(examples)
-        return torch.sigmoid((z[0::2] - z[1::2]) / 2)
+            examples = _examples(self.mode, self.tok, self.sp, pairs, self.prefix, self.max_len)
+        return pair_probability(self.logits(examples), self.mode)
+
+
+def _examples(mode, tok, sp, pairs, prefix, max_len):
+    if mode == "pairwise":
+        return build_pair_examples(tok, sp, pairs, prefix, max_len)
+    return build_point_examples(tok, sp, pairs, max_len)
 
 
 # --------------------------------------------------------------------------- training: the two sides
@@ -186,20 +197,22 @@ class RefTrainer:
 # --------------------------------------------------------------------------- the scoring comparison
 
 def bench_scoring(path: Path, arch: str, reps: int, max_len: int, batch: int, pairs=None, examples=None,
-                  device="cpu", dtype=torch.float32) -> dict:
+                  device="cpu", dtype=torch.float32, mode: str = "pairwise") -> dict:
     """tinyrm RewardModel vs RefScorer on the same pairs, alternated, medians.
 
     With `pairs` (text) both sides go text -> probability (tokenisation timed on both sides, the same
-    build_pairwise code); with `examples` (pre-tokenised, both orders adjacent) only the model work."""
+    build_pairwise / build_pointwise code); with `examples` (pre-tokenised, the two sequences of a pair
+    adjacent) only the model work. mode: "pairwise" (both orders, the paper's form) or "pointwise" (one
+    sequence per response, the default recipe's form)."""
     import gc
     from tinyrm import load_encoder
     from tinyrm.scorer import RewardModel
     enc = load_encoder(path, dtype=dtype, device=device)
-    rm = RewardModel(enc, mode="pairwise", max_len=max_len)
+    rm = RewardModel(enc, mode=mode, max_len=max_len)
     ref = load_reference(path, arch, device=device, dtype=dtype, like=enc)
     prefix = rm.prefix_for(None)
-    scorer = RefScorer(ref, enc.tokenizer, rm.sp, rm.answer_ids, prefix, rm.max_len, batch, arch)
-    exs = examples if examples is not None else build_pair_examples(enc.tokenizer, rm.sp, pairs, prefix, rm.max_len)
+    scorer = RefScorer(ref, enc.tokenizer, rm.sp, rm.answer_ids, prefix, rm.max_len, batch, arch, mode)
+    exs = examples if examples is not None else _examples(mode, enc.tokenizer, rm.sp, pairs, prefix, rm.max_len)
     lengths = [len(e) for e in exs]
     padded = sum(max(lengths[i:i + batch]) * len(lengths[i:i + batch]) for i in range(0, len(lengths), batch))
     kw = {"pairs": pairs} if examples is None else {"examples": examples}
@@ -214,7 +227,7 @@ def bench_scoring(path: Path, arch: str, reps: int, max_len: int, batch: int, pa
     res = {"pairs": n_pairs, "sequences": len(lengths), "tokens": sum(lengths), "padded_tokens": padded,
            "mean_len": sum(lengths) / len(lengths), "max_len": max(lengths), "flops": flops, "times": times,
            "max_abs_prob_diff": (outs["tinyrm"][0] - outs["ref"][0]).abs().max().item(),
-           "text_in": examples is None, "batch": batch, "dtype": str(dtype).removeprefix("torch."),
+           "text_in": examples is None, "batch": batch, "dtype": str(dtype).removeprefix("torch."), "mode": mode,
            "probs": {side: outs[side][0].tolist() for side in outs}}   # first rep's P(a beats b) per pair
     for side in ("tinyrm", "ref"):
         t = median(times[side])

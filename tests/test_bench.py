@@ -231,3 +231,27 @@ def test_cpu_bench_quick(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "MiniLM-L6" in out.read_text()
+
+
+def test_pointwise_scoring_sides_agree_with_the_scorer(tmp_path, minilm_path):
+    """bench_scoring(mode="pointwise"): tinyrm and the padded transformers code give the same P(a beats b),
+    and both equal σ(r_a − r_b) from RewardModel.score, computed here through the public API."""
+    from conftest import write_tiny_bert
+    import sides as S
+    from tinyrm import load_encoder
+    from tinyrm.scorer import RewardModel
+    path = write_tiny_bert(tmp_path / "bert", minilm_path, seed=3)
+    pairs = [("What is 2+2?", "4, because two and two make four.", "5"),
+             ("Name a colour.", "Blue.", "I will not answer that question about colours at all."),
+             ("Say hi.", "hi", "Hello there! How can I help you today?")]
+    res = S.bench_scoring(path, "bert", reps=1, max_len=64, batch=2, pairs=pairs, mode="pointwise")
+    assert res["mode"] == "pointwise" and res["sequences"] == 6 and res["pairs"] == 3
+    assert res["max_abs_prob_diff"] < 1e-5
+    rm = RewardModel(load_encoder(path), mode="pointwise", max_len=64)
+    r = torch.tensor(rm.score([q for q, _, _ in pairs] * 2, [a for _, a, _ in pairs] + [b for _, _, b in pairs]))
+    expect = torch.sigmoid(r[:3] - r[3:])
+    assert torch.allclose(torch.tensor(res["probs"]["tinyrm"]), expect, atol=1e-6)
+    assert torch.allclose(torch.tensor(res["probs"]["ref"]), expect, atol=1e-5)
+    assert (expect - 0.5).abs().max() > 1e-4      # a random model still prefers something: the check can fail
+    pw = S.bench_scoring(path, "bert", reps=1, max_len=64, batch=2, pairs=pairs, mode="pairwise")
+    assert pw["sequences"] == 6 and pw["max_abs_prob_diff"] < 1e-5
