@@ -33,10 +33,12 @@ import sides as S  # noqa: E402
 import tables as T  # noqa: E402
 
 
-def bench_scoring(path: Path, arch: str, n_pairs: int, a, dtype=torch.float32, reps=None) -> dict:
-    """Text in, probabilities out, on both sides (tokenisation timed on both: the same build_pairwise)."""
+def bench_scoring(path: Path, arch: str, n_pairs: int, a, dtype=torch.float32, reps=None,
+                  mode: str = "pairwise") -> dict:
+    """Text in, probabilities out, on both sides (tokenisation timed on both: the same build_pairwise or
+    build_pointwise code)."""
     return S.bench_scoring(path, arch, reps or a.reps, a.max_len, a.batch, pairs=I.rewardbench_sample(n_pairs, a.seed),
-                           dtype=dtype)
+                           dtype=dtype, mode=mode)
 
 
 def bench_scoring_bf16(path: Path, arch: str, n_pairs: int, a, s32: dict) -> dict:
@@ -293,9 +295,7 @@ def main(argv=None) -> int:
                 a.peaks.append(M.matmul_peak(n=a.mm_n))
                 if a.pointwise and arch == "bert":  # the default recipe (MiniLM) scores pointwise
                     print(f"[{time.time() - t0:5.0f}s] {name}: pointwise scoring ...", flush=True)
-                    results[name]["scoring_pointwise"] = S.bench_scoring(
-                        path, arch, a.reps, a.max_len, a.batch, pairs=I.rewardbench_sample(n_score, a.seed),
-                        mode="pointwise")
+                    results[name]["scoring_pointwise"] = bench_scoring(path, arch, n_score, a, mode="pointwise")
                     a.peaks.append(M.matmul_peak(n=a.mm_n))
                 if a.bf16:
                     print(f"[{time.time() - t0:5.0f}s] {name}: scoring in bf16 ...", flush=True)

@@ -252,7 +252,7 @@ def weighted_sample(rows: list, weight: float, rng: random.Random) -> list:
     return rows * whole + [rows[i] for i in sorted(extra)]
 
 
-def _read_entry(i: int, e: MixEntry, seed: int, skip_bad: bool):
+def _read_entry(e: MixEntry, seed: int, skip_bad: bool):
     if e.synth:
         from .synth import generate  # here, not at the top: synth.py imports PreferencePair from this module
         rows = generate(e.synth, e.max_rows or 500, seed)
@@ -272,7 +272,7 @@ def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False,
     weight-0 entry none either. Repeated rows are the same objects."""
     train, val, reports = [], [], []
     for i, e in enumerate(entries):
-        rows, rep = _read_entry(i, e, seed, skip_bad)
+        rows, rep = _read_entry(e, seed, skip_bad)
         reports.append(rep)
         if val_frac > 0 and not e.synth and e.weight > 0:
             n_prompts = len({p.prompt.strip() for p in rows})

@@ -168,6 +168,11 @@ def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast):
     return diff.detach(), sum(len(e.input_ids) for e, _ in exs)
 
 
+def val_domains(val) -> list[str]:
+    """The domains validate() reports, as `val_acc_<domain>` keys (a pair without one counts as "none")."""
+    return sorted({p.domain or "none" for p in val})
+
+
 def validate(enc, cfg: TrainConfig, val) -> dict:
     """Pooled accuracy and loss, accuracy per domain, and `val_score`, the number that picks the best
     checkpoint: the mean of the per-domain accuracies (cfg.select = "domain_mean") or the pooled one."""
@@ -185,7 +190,7 @@ def validate(enc, cfg: TrainConfig, val) -> dict:
     else:
         z = rm.compare_logits(*args)
     out = {"val_acc": (z > 0).float().mean().item(), "val_loss": bradley_terry_loss(z).item(), **out}
-    doms = sorted({p.domain or "none" for p in val})
+    doms = val_domains(val)
     for d in doms:
         idx = torch.tensor([(p.domain or "none") == d for p in val])
         out[f"val_acc_{d}"] = (z[idx] > 0).float().mean().item()
@@ -258,6 +263,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
             save_checkpoint(run_dir / "best", enc, {**meta, "step": step, **v})
         return v
 
+    doms = val_domains(val)  # the per-domain accuracies shown on the progress bar
     if start == 0 and val:
         _log(f"step 0 (untrained cloze): val_score {evaluate_and_keep(0)['val_score']:.4f}")
     enc.train()
@@ -284,7 +290,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
         if val and (done % cfg.eval_every == 0 or done == len(steps)):
             v = evaluate_and_keep(done)
             enc.train()
-            per = " ".join(f"{k[8:]} {x:.3f}" for k, x in v.items() if k.startswith("val_acc_"))
+            per = " ".join(f"{d} {v['val_acc_' + d]:.3f}" for d in doms)
             bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}] (best {best['val_score']:.4f} "
                       f"at {best['step']})")
         if done % cfg.save_every == 0 or done == len(steps) or done == stop_after:
