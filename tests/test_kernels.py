@@ -84,3 +84,35 @@ def test_bradley_terry_loss_hand_values():
     torch.testing.assert_close(x.grad, -torch.sigmoid(-d[:3]) / 3)
     s = preference_stats(torch.tensor([0.0, 1.0, -2.0, 3.0]))
     assert s == {"acc": 0.5, "margin": 0.5}  # the tie counts as wrong
+
+
+@pytest.mark.parametrize("n,d,o", [(1, 8, 16), (37, 384, 1536), (5, 64, 48)])
+def test_linear_gelu_matches_float64(n, d, o):
+    """The fused inference path (no grad) and the autograd fallback both equal gelu(xW^T + b) in float64."""
+    from tinyrm.kernels import linear_gelu
+    from tinyrm.kernels.linear_act import _fused
+
+    g = torch.Generator().manual_seed(n + d)
+    x, w, b = (torch.randn(*s, generator=g) for s in ((n, d), (o, d), (o,)))
+    ref = F.gelu(x.double() @ w.double().T + b.double())
+    with torch.no_grad():
+        y = linear_gelu(x, w, b)
+        y_nobias = linear_gelu(x, w, None)
+    assert y.dtype == torch.float32
+    # float32 sums over d terms: no worse than the plain float32 ops' own error against float64
+    err_plain = (F.gelu(F.linear(x, w, b)).double() - ref).abs().max().item()
+    assert (y.double() - ref).abs().max().item() <= 2 * err_plain + 1e-6
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y_nobias.double(), F.gelu(x.double() @ w.double().T), rtol=1e-4, atol=1e-4)
+    if _fused is not None:      # the fast path really is a different kernel from the fallback
+        direct = _fused(x, w, b, "gelu", [], "none")
+        torch.testing.assert_close(direct, y)
+    # under bf16 autocast it must leave the GEMM to autocast (a float32 oneDNN call would be the slow one)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear_gelu(x, w, b).dtype == torch.bfloat16
+    # with a gradient wanted it must take the differentiable path, and its gradient must be right
+    w64 = w.double().requires_grad_()
+    F.gelu(x.double() @ w64.T + b.double()).sum().backward()
+    wg = w.clone().requires_grad_()
+    linear_gelu(x, wg, b).sum().backward()
+    torch.testing.assert_close(wg.grad.double(), w64.grad, rtol=1e-4, atol=1e-4)

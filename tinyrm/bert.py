@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyrm.kernels import row_attention, varlen_attention
+from tinyrm.kernels import linear_gelu, row_attention, varlen_attention
 
 from .config import EncoderConfig
 from .encoder import Encoder, Packed
@@ -68,7 +68,11 @@ class Layer(nn.Module):
             o = row_attention(q, k, v, p.seqlens, p.positions[rows])
         ao = self.attention.output
         x = ao.LayerNorm(x + ao.dense(o.flatten(1)))
-        h = F.gelu(self.intermediate.dense(x))                                          # [., I]
+        up = self.intermediate.dense
+        if type(up) is nn.Linear:  # plain (frozen or merged) weights: one fused GEMM + GELU when scoring
+            h = linear_gelu(x, up.weight, up.bias)                                     # [., I]
+        else:                      # an adapter wraps it: its own forward
+            h = F.gelu(up(x))
         return self.output.LayerNorm(x + self.output.dense(h))
 
 
