@@ -106,3 +106,20 @@ def test_generated_pairs_never_validate(tmp_path):
     assert val and all(p.source == "real" for p in val)
     assert sum(p.source == "synth-math" for p in train) == 300
     assert len(train) + len(val) == 500
+
+
+def test_held_out_part_shares_no_function_with_training():
+    train, val = synth.generate("code", 150, seed=5), synth.generate("code", 60, seed=5, part="val")
+    fn = lambda p: p.prompt.split("`")[1].split("(")[0] + p.prompt.split("`")[3]   # name + module
+    assert len(val) == 60 and not {fn(p) for p in train} & {fn(p) for p in val}
+    funcs = synth.stdlib_functions()
+    held = [f for f in funcs if synth.held_out(*f)]
+    assert 0.1 < len(held) / len(funcs) < 0.3                       # about a fifth, fixed by name
+    assert {fn(p) for p in val} <= {f.name + m for m, f in held}
+    m_train, m_val = synth.generate("math", 50, seed=5), synth.generate("math", 50, seed=5, part="val")
+    assert not {p.prompt for p in m_train} & {p.prompt for p in m_val}
+    # a [[val]] mix draws from the held-out part; the training mix never does
+    v, _, _ = load_mix([MixEntry(synth="code", max_rows=10)], 5, part="val")
+    assert [p.prompt for p in v] and {fn(p) for p in v} <= {f.name + m for m, f in held}
+    with pytest.raises(ValueError, match="part"):
+        synth.generate("math", 2, part="test")

@@ -157,7 +157,7 @@ def test_paper_recipes_fit_modernbert(name, tiny_modernbert):
 def test_validation_per_domain_and_selection(tiny_bert, tmp_path):
     """val_score is the mean of the per-domain accuracies (hand-computed from the same logits), the
     validation sample holds an equal share per domain, and the best checkpoint follows val_score."""
-    from tinyrm.train import load_data, prepare_model, validate
+    from tinyrm.train import load_data, prepare_model, validate  # validate lives in tinyrm.validation
 
     rows = repeat_task(60, 5) + [dict(r, domain="safety") for r in repeat_task(200, 6)]
     data = _write(tmp_path / "d.jsonl", rows)
@@ -249,3 +249,41 @@ def test_length_balance_per_domain():
     assert [pos[id(p)] for p in kept] == sorted(pos[id(p)] for p in kept)
     again, _ = length_balanced(pairs, seed=1)
     assert [id(p) for p in again] == [id(p) for p in kept]
+
+
+def test_validation_metrics_by_hand():
+    """Accuracy per domain, per length side and per source, and the length-balanced score, against
+    counts done by hand on six pairs."""
+    from tinyrm.data import PreferencePair
+    from tinyrm.validation import metrics
+
+    P = PreferencePair
+    val = [P("q1", "long answer", "short", "chat", "a"),      # chosen longer,  right
+           P("q2", "long answer", "short", "chat", "a"),      # chosen longer,  right
+           P("q3", "short", "long answer", "chat", "b"),      # chosen shorter, wrong
+           P("q4", "short", "long answer", "chat", "b"),      # chosen shorter, right
+           P("q5", "same1", "same2", "safety", "b"),          # equal length,   tie -> wrong
+           P("q6", "short", "long answer", "safety", "b")]    # chosen shorter, wrong
+    z = torch.tensor([2.0, 0.5, -1.0, 0.3, 0.0, -0.2])
+    m = metrics(z, val)
+    assert m["val_acc"] == pytest.approx(3 / 6)
+    assert m["val_loss"] == pytest.approx(float(torch.nn.functional.softplus(-z.double()).mean()), rel=1e-6)
+    assert m["val_acc_chat"] == pytest.approx(3 / 4) and m["val_acc_safety"] == 0.0
+    assert m["val_score"] == pytest.approx((3 / 4 + 0) / 2)
+    assert m["val_acc_chosen_longer"] == 1.0 and m["val_acc_chosen_shorter"] == pytest.approx(1 / 3)
+    # chat: (longer 2/2 + shorter 1/2) / 2 = 0.75; safety: only a shorter side, 0/1 -> 0
+    assert m["val_len_balanced"] == pytest.approx((0.75 + 0.0) / 2)
+    assert m["val_src_acc_a"] == 1.0 and m["val_src_acc_b"] == pytest.approx(1 / 4)
+    assert metrics(z, val, "acc")["val_score"] == pytest.approx(0.5)
+
+
+def test_every_shipped_recipe_loads():
+    """configs/*.toml and the recorded trials in configs/trials/ parse, with entries that name real kinds."""
+    from tinyrm.recipe import CONFIGS
+
+    paths = sorted(CONFIGS.rglob("*.toml"))
+    assert any(p.parent.name == "trials" for p in paths)
+    for p in paths:
+        cfg = load_recipe(str(p))
+        assert cfg.data, p
+        assert all(bool(e.path) != bool(e.synth) for e in cfg.data + cfg.val), p

@@ -252,16 +252,16 @@ def weighted_sample(rows: list, weight: float, rng: random.Random) -> list:
     return rows * whole + [rows[i] for i in sorted(extra)]
 
 
-def _read_entry(e: MixEntry, seed: int, skip_bad: bool):
+def _read_entry(e: MixEntry, seed: int, skip_bad: bool, part: str = "train"):
     if e.synth:
         from .synth import generate  # here, not at the top: synth.py imports PreferencePair from this module
-        rows = generate(e.synth, e.max_rows or 500, seed)
+        rows = generate(e.synth, e.max_rows or 500, seed, part)
         return rows, SkipReport(path=f"synth-{e.synth}", total=len(rows))
     return read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
 
 
 def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False,
-             val_frac: float = 0.0) -> tuple[list[PreferencePair], list[PreferencePair], list[SkipReport]]:
+             val_frac: float = 0.0, part: str = "train") -> tuple[list[PreferencePair], list[PreferencePair], list[SkipReport]]:
     """(train, val, reports). Every file entry first gives up its validation slice: the prompts whose
     hash (seed) is below `val_frac` (split_validation; at least one prompt per file when val_frac > 0).
     Then the rest is subsampled to max_rows, repeated by weight and the whole mix shuffled by seed.
@@ -269,10 +269,11 @@ def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False,
     Carving each FILE before weighting keeps validation fixed while the weights change, so two mixes
     are compared on the same held-out pairs; a prompt's side depends only on its text, so a prompt
     shared by two files is held out of both. Generated (synth) entries give no validation rows, and a
-    weight-0 entry none either. Repeated rows are the same objects."""
+    weight-0 entry none either; a mix of validation files (part="val") draws them from synth's held-out
+    part, which shares no code function with the training part. Repeated rows are the same objects."""
     train, val, reports = [], [], []
     for i, e in enumerate(entries):
-        rows, rep = _read_entry(e, seed, skip_bad)
+        rows, rep = _read_entry(e, seed, skip_bad, part)
         reports.append(rep)
         if val_frac > 0 and not e.synth and e.weight > 0:
             n_prompts = len({p.prompt.strip() for p in rows})

@@ -69,6 +69,8 @@ class TrainConfig:
     skip_bad: bool = False
     length_balance: bool = False        # per domain, keep as many training pairs whose chosen response is the
                                         # longer as pairs where it is the shorter (length is then no shortcut)
+    length_correct: bool = False        # pointwise: after training, fit and remove the reward's slope on log
+    length_fit_pairs: int = 600         # length, on this many training pairs (calibrate.py)
     # bookkeeping
     eval_every: int = 50
     save_every: int = 50

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .calibrate import load_slopes, log_length
 from .encoder import Encoder, packed_from_lists
 from .prompts import (DOMAIN_PREFIX, PAIRWISE_WORDS, POINTWISE_PREFIX, POINTWISE_WORDS, Specials,
                       answer_token_ids, build_pairwise, build_pointwise, resolve_prefix)
@@ -51,6 +52,8 @@ class RewardModel:
             raise ValueError(f"mode must be 'pairwise' or 'pointwise', got {mode!r}")
         self.enc, self.mode, self.prefix, self.max_len = enc, mode, prefix, min(max_len, enc.config.max_position)
         self.max_tokens, self.progress = max_tokens, progress
+        # pointwise only: per-domain slopes of reward on log length to remove (calibrate.py); None = raw
+        self.length_slopes: dict[str, float] | None = None
         self.sp = Specials.from_tokenizer(enc.tokenizer)
         words = PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS
         self.answer_ids = list(answer_token_ids(enc.tokenizer, words))
@@ -71,12 +74,18 @@ class RewardModel:
             return cls(load_encoder(path, dtype=dtype, device=device), **kw)
         meta = json.loads((ckpt / "adapter.json").read_text())
         train = meta.get("train", {})
-        enc = load_encoder(train.get("model") or meta["base"], dtype=dtype, device=device)
+        base = Path(train.get("model") or meta["base"])
+        if not base.is_absolute() and not base.exists():   # a recipe path such as weights/minilm-l6
+            from .recipe import ROOT
+            base = ROOT / base
+        enc = load_encoder(base, dtype=dtype, device=device)
         load_adapter(enc, ckpt / "adapter.safetensors")
         enc.eval()  # adapters were just added in training mode; merging is for inference
         merge_all(enc)
         opts = {k: train[k] for k in ("mode", "prefix", "max_len") if k in train}
-        return cls(enc.eval(), **{**opts, **kw})
+        rm = cls(enc.eval(), **{**opts, **kw})
+        rm.length_slopes = load_slopes(ckpt) if rm.mode == "pointwise" else None
+        return rm
 
     def prefix_for(self, domain: str | None) -> str:
         if self.prefix == "domain":
@@ -114,14 +123,20 @@ class RewardModel:
         return z[0::2], z[1::2]
 
     def score(self, prompts, responses, domains=None) -> list[float]:
-        """Pointwise rewards logit('yes') − logit('no'), one per (prompt, response)."""
+        """Pointwise rewards logit('yes') − logit('no'), one per (prompt, response); minus
+        slope · log(1 + characters) when the model carries a length correction (the slope of the given
+        domain, or the pooled one "*" without a domain)."""
         if self.mode != "pointwise":
             raise ValueError("score() needs a pointwise model; a pairwise model only compares (use compare())")
         domains = domains or [None] * len(prompts)
         pre = POINTWISE_PREFIX if self.prefix == "domain" else resolve_prefix(self.prefix)
         exs = [build_pointwise(self.enc.tokenizer, self.sp, q, r, pre, self.max_len)
                for q, r, d in zip(prompts, responses, domains, strict=True)]
-        return self._logits(exs).tolist()
+        r = self._logits(exs)
+        if self.length_slopes:
+            s = self.length_slopes
+            r = r - torch.tensor([s.get(d or "", s["*"]) * log_length(t) for t, d in zip(responses, domains)])
+        return r.tolist()
 
     def compare_logits(self, prompts, responses_a, responses_b, domains=None) -> torch.Tensor:
         """[N] log-odds that a beats b. Pairwise: the mean over both orders, (z_ab − z_ba) / 2, which

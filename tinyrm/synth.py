@@ -10,7 +10,10 @@ The shipped data has no math or code-correctness preferences, so two generators 
         one the same code with one mutation (a flipped comparison, an off-by-one constant, a swapped
         operator or boolean). Both go through `ast.unparse`, so formatting never tells them apart.
 
-Both are deterministic in (kind, n, seed). In a recipe: `[[data]]  synth = "math"  max_rows = 600`.
+Both are deterministic in (kind, n, seed, part). In a recipe: `[[data]]  synth = "math"  max_rows = 600`.
+A `[[val]]` synth entry draws from the held-out part instead: code from functions that the training part never
+uses (a fixed fifth of them, by a hash of `module.name`), math from its own random stream. So a validation
+accuracy on it measures checking, not recall of the chosen answers seen in training.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import random
 import textwrap
 import warnings
 
-from .data import PreferencePair
+from .data import PreferencePair, prompt_hash
 
 # ---- math ----
 
@@ -170,6 +173,11 @@ def stdlib_functions() -> list[tuple[str, ast.FunctionDef]]:
     return out
 
 
+def held_out(module: str, fn: ast.FunctionDef) -> bool:
+    """The fixed fifth of the stdlib functions kept for validation (a stable hash, not Python's salted one)."""
+    return prompt_hash(f"{module}.{fn.name}") < 0.2
+
+
 def code_pair(rng: random.Random, funcs) -> PreferencePair | None:
     module, fn = rng.choice(funcs)
     doc = textwrap.shorten(ast.get_docstring(fn).split("\n\n")[0], 400)
@@ -194,13 +202,20 @@ def code_pair(rng: random.Random, funcs) -> PreferencePair | None:
 KINDS = ("math", "code")
 
 
-def generate(kind: str, n: int, seed: int = 0) -> list[PreferencePair]:
-    """n pairs of the given kind ("math" | "code"), the same for the same (kind, n, seed)."""
-    rng = random.Random(f"synth-{kind}-{seed}")
+PARTS = ("train", "val")
+
+
+def generate(kind: str, n: int, seed: int = 0, part: str = "train") -> list[PreferencePair]:
+    """n pairs of the given kind ("math" | "code"), the same for the same (kind, n, seed, part).
+    part "val" shares no code function with part "train" and draws math from another stream."""
+    if part not in PARTS:
+        raise ValueError(f"synth part must be 'train' or 'val', got {part!r}")
+    # the train stream keeps its old name, so recipes that used it make the same pairs as before
+    rng = random.Random(f"synth-{kind}-{seed}" + ("" if part == "train" else f"-{part}"))
     if kind == "math":
         return [math_pair(rng) for _ in range(n)]
     if kind == "code":
-        funcs = stdlib_functions()
+        funcs = [(m, f) for m, f in stdlib_functions() if held_out(m, f) == (part == "val")]
         if not funcs:
             raise RuntimeError("synth code: no documented pure-Python stdlib functions found on this Python")
         out, tries = [], 0

@@ -21,12 +21,14 @@ from tqdm import tqdm
 
 from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 
+from .calibrate import correct_run
 from .checkpoint import find_resumable, rng_state, save_checkpoint, set_rng_state
 from .data import MixEntry, drop_overlap, load_mix, prompt_hash
 from .dora import add_dora, freeze_layers, param_summary
 from .prompts import PAIRWISE_WORDS, POINTWISE_WORDS, length_grouped_batches, pairwise_examples, pointwise_examples
 from .recipe import ROOT, TrainConfig, load_recipe, shared_dir
 from .scorer import RewardModel, mask_logits
+from .validation import val_domains, validate
 from .weights import load_encoder
 
 
@@ -82,7 +84,7 @@ def load_data(cfg: TrainConfig):
         notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "
                      "is the longer one as often as the shorter")
     if cfg.val:
-        extra, _, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad)
+        extra, _, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad, part="val")
         seen = {p.prompt.strip() for p in train}
         val += [p for p in extra if p.prompt.strip() not in seen]
     if len(val) > cfg.val_max_pairs:
@@ -168,41 +170,6 @@ def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast):
     return diff.detach(), sum(len(e.input_ids) for e, _ in exs)
 
 
-def val_domains(val) -> list[str]:
-    """The domains validate() reports, as `val_acc_<domain>` keys (a pair without one counts as "none")."""
-    return sorted({p.domain or "none" for p in val})
-
-
-def validate(enc, cfg: TrainConfig, val) -> dict:
-    """Pooled accuracy and loss, accuracy per domain, and `val_score`, the number that picks the best
-    checkpoint: the mean of the per-domain accuracies (cfg.select = "domain_mean") or the pooled one."""
-    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
-    args = ([p.prompt for p in val], [p.chosen for p in val], [p.rejected for p in val], [p.domain for p in val])
-    out = {}
-    if cfg.mode == "pairwise":
-        # one order at a time too: a model whose verdict follows the position more than the content shows
-        # it here (the averaged score below cancels the offset but keeps little signal)
-        z_ab, z_ba = rm.pairwise_logits(*args)
-        z = (z_ab - z_ba) / 2
-        out = {"val_acc_chosen_first": (z_ab > 0).float().mean().item(),
-               "val_acc_chosen_second": (z_ba < 0).float().mean().item(),
-               "val_same_verdict_both_orders": ((z_ab > 0) == (z_ba < 0)).float().mean().item()}
-    else:
-        z = rm.compare_logits(*args)
-    out = {"val_acc": (z > 0).float().mean().item(), "val_loss": bradley_terry_loss(z).item(), **out}
-    doms = val_domains(val)
-    for d in doms:
-        idx = torch.tensor([(p.domain or "none") == d for p in val])
-        out[f"val_acc_{d}"] = (z[idx] > 0).float().mean().item()
-    if cfg.select == "domain_mean":
-        out["val_score"] = sum(out[f"val_acc_{d}"] for d in doms) / len(doms)
-    elif cfg.select == "acc":
-        out["val_score"] = out["val_acc"]
-    else:
-        raise ValueError(f"select must be 'domain_mean' or 'acc', got {cfg.select!r}")
-    return out
-
-
 def autocast_for(cfg: TrainConfig, device: torch.device):
     """bf16 autocast: on CUDA by default; on CPU when asked (AMX / AVX512-BF16 units make it ~1.6x faster)."""
     if cfg.amp not in ("auto", "bf16", "off"):
@@ -267,6 +234,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     if start == 0 and val:
         _log(f"step 0 (untrained cloze): val_score {evaluate_and_keep(0)['val_score']:.4f}")
     enc.train()
+    done = start
     bar = tqdm(range(start, len(steps)), initial=start, total=len(steps), desc="train", unit="step")
     for step in bar:
         ts = time.time()
@@ -300,9 +268,12 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
         if done == stop_after:
             break
     bar.close()
+    corrected = {}
+    if cfg.length_correct and cfg.mode == "pointwise" and done == len(steps) and (run_dir / "best").is_dir():
+        corrected = correct_run(cfg, run_dir / "best", train_pairs, val, record, _log)
     metrics.close()
     summary = {"run_dir": str(run_dir), "best_val_score": best["val_score"], "best_val_acc": best.get("val_acc", -1.0),
-               "select": cfg.select, "best_step": best["step"],
+               **corrected, "select": cfg.select, "best_step": best["step"],
                "steps": len(steps), "train_pairs": len(train_pairs), "val_pairs": len(val),
                "seconds": time.time() - t0,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -325,4 +296,7 @@ def cli(args) -> int:
     print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
           f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
           f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
+    if "corrected_val_score" in s:
+        print(f"with the length correction (what the scorer applies): validation score {s['corrected_val_score']:.4f}, "
+              f"pooled accuracy {s['corrected_val_acc']:.4f}")
     return 0

@@ -1,0 +1,79 @@
+"""Validation metrics: what picks the best checkpoint, and what shows how a model wins or fails.
+
+`validate(enc, cfg, val)` scores the held-out pairs the way the scorer will (pairwise: both orders
+averaged; pointwise: r(chosen) - r(rejected)) and returns pooled accuracy and loss, accuracy per domain
+and per source, accuracy split by whether the chosen answer is the longer or the shorter one (with a
+length-balanced score), and `val_score`, the number `cfg.select` names.
+"""
+from __future__ import annotations
+
+import torch
+
+from tinyrm.kernels.bt_loss import bradley_terry_loss
+
+from .recipe import TrainConfig
+from .scorer import RewardModel
+
+
+def val_domains(val) -> list[str]:
+    """The domains validate() reports, as `val_acc_<domain>` keys (a pair without one counts as "none")."""
+    return sorted({p.domain or "none" for p in val})
+
+
+def validate(enc, cfg: TrainConfig, val, length_slopes: dict | None = None) -> dict:
+    """Score `val` with the model as the scorer would (with `length_slopes`, the length-corrected pointwise
+    reward), then `metrics`; pairwise adds one-order accuracies."""
+    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
+    rm.length_slopes = length_slopes
+    args = ([p.prompt for p in val], [p.chosen for p in val], [p.rejected for p in val], [p.domain for p in val])
+    out = {}
+    if cfg.mode == "pairwise":
+        # one order at a time too: a model whose verdict follows the position more than the content shows
+        # it here (the averaged score below cancels the offset but keeps little signal)
+        z_ab, z_ba = rm.pairwise_logits(*args)
+        z = (z_ab - z_ba) / 2
+        out = {"val_acc_chosen_first": (z_ab > 0).float().mean().item(),
+               "val_acc_chosen_second": (z_ba < 0).float().mean().item(),
+               "val_same_verdict_both_orders": ((z_ab > 0) == (z_ba < 0)).float().mean().item()}
+    else:
+        z = rm.compare_logits(*args)
+    return {**metrics(z, val, cfg.select), **out}
+
+
+def _acc(z: torch.Tensor, keep: list[bool]) -> float:
+    idx = torch.tensor(keep, dtype=torch.bool)
+    return (z[idx] > 0).float().mean().item() if idx.any() else float("nan")
+
+
+def metrics(z: torch.Tensor, val, select: str = "domain_mean") -> dict:
+    """z [N]: the chosen-minus-rejected logit of every validation pair (> 0 = right; a tie is wrong, as in
+    RewardBench) -> pooled accuracy and loss, accuracy per domain, per length side and per source, the
+    length-balanced score, and `val_score`: the mean of the per-domain accuracies (select="domain_mean")
+    or the pooled accuracy (select="acc")."""
+    z = z.float()
+    out = {"val_acc": (z > 0).float().mean().item(), "val_loss": bradley_terry_loss(z).item()}
+    doms = val_domains(val)
+    for d in doms:
+        out[f"val_acc_{d}"] = _acc(z, [(p.domain or "none") == d for p in val])
+    # length: preference data mostly favours the longer answer, so a model can score by counting tokens;
+    # its accuracy then falls apart on the pairs whose better answer is the shorter one. Shown per side and
+    # as a length-balanced score: per domain, the mean of the two sides' accuracies, averaged over domains.
+    sides = {"longer": lambda p: len(p.chosen) > len(p.rejected), "shorter": lambda p: len(p.chosen) < len(p.rejected)}
+    for side, pick in sides.items():
+        out[f"val_acc_chosen_{side}"] = _acc(z, [pick(p) for p in val])
+    per_dom = []
+    for d in doms:
+        accs = [_acc(z, [(p.domain or "none") == d and pick(p) for p in val]) for pick in sides.values()]
+        accs = [a for a in accs if a == a]                   # a domain with one side only: that side alone
+        per_dom += [sum(accs) / len(accs)] if accs else []
+    out["val_len_balanced"] = sum(per_dom) / len(per_dom) if per_dom else float("nan")
+    for src in sorted({p.source for p in val if p.source}):
+        # per file (or generator) too, for the record: a domain averages sources that may move apart
+        out[f"val_src_acc_{src}"] = _acc(z, [p.source == src for p in val])
+    if select == "domain_mean":
+        out["val_score"] = sum(out[f"val_acc_{d}"] for d in doms) / len(doms)
+    elif select == "acc":
+        out["val_score"] = out["val_acc"]
+    else:
+        raise ValueError(f"select must be 'domain_mean' or 'acc', got {select!r}")
+    return out
