@@ -108,3 +108,15 @@ def test_training_fits_stores_and_validates_the_correction(tiny_bert, tmp_path):
                               "runs_dir": str(tmp_path / "runs2"),
                               "betas": tuple(cfg.betas)}))
     assert load_slopes(tmp_path / s2["run_dir"] / "best") is None and "length_slopes" not in s2
+
+
+def test_rewardbench_scoring_uses_each_sections_slope(tiny_bert):
+    """tinyrm eval scores pointwise pairs with the slope of the pair's domain, as validation does."""
+    import tinyrm
+    from tinyrm.evaluate import correctness
+
+    rm = RewardModel(tinyrm.load_encoder(tiny_bert), "pointwise", max_len=64)
+    q, long_, short = ["Name a fruit"] * 2, ["apple " * 20] * 2, ["pear"] * 2
+    rm.length_slopes = {"chat": 100.0, "safety": -100.0, "*": 0.0}    # huge: length decides everything
+    correct, _, _ = correctness(rm, q, long_, short, ["chat", "safety"])
+    assert correct == [0.0, 1.0]   # chat penalises length -> the long chosen loses; safety rewards it

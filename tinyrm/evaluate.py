@@ -40,7 +40,8 @@ def correctness(rm: RewardModel, prompts, chosen, rejected, domains):
         z_ab, z_ba = rm.pairwise_logits(prompts, chosen, rejected, domains)
         avg = (z_ab - z_ba) / 2
         return (avg > 0).float().tolist(), (z_ab > 0).float().tolist(), (z_ba < 0).float().tolist()
-    r = torch.tensor(rm.score(list(prompts) * 2, list(chosen) + list(rejected)))
+    # the domains pick each section's length slope when the model carries a length correction
+    r = torch.tensor(rm.score(list(prompts) * 2, list(chosen) + list(rejected), list(domains) * 2))
     n = len(prompts)
     return (r[:n] > r[n:]).float().tolist(), None, None
 
