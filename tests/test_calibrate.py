@@ -69,6 +69,16 @@ def test_scorer_subtracts_slope_times_log_length(tiny_bert):
     assert float(z) == pytest.approx(raw_long - raw_short - 0.7 * (math.log1p(20) - math.log1p(1)), abs=1e-5)
 
 
+def _train_pairs(cfg):
+    from tinyrm.train import load_data
+    return load_data(cfg)[0]
+
+
+def _val(cfg):
+    from tinyrm.train import load_data
+    return load_data(cfg)[1]
+
+
 def test_training_fits_stores_and_validates_the_correction(tiny_bert, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(60, 3)))
@@ -79,8 +89,18 @@ def test_training_fits_stores_and_validates_the_correction(tiny_bert, tmp_path):
                       length_fit_pairs=30)
     s = train(cfg)
     best = tmp_path / s["run_dir"] / "best"
-    slopes = load_slopes(best)
-    assert slopes is not None and set(slopes) == {"chat", "safety", "*"}
+    slopes = s["length_slopes"]
+    assert set(slopes) == {"chat", "safety", "*"}
+    # stored (and so applied by the scorer) exactly when the corrected reward validates at least as well
+    assert s["length_correction_applied"] == (s["corrected_val_score"] >= s["best_val_score"])
+    assert (load_slopes(best) is not None) == s["length_correction_applied"]
+    from tinyrm.calibrate import correct_run
+    rows = []
+    for raw, applied in ((2.0, False), (-1.0, True)):       # unbeatable / always beaten raw scores
+        out = correct_run(cfg, best, _train_pairs(cfg), _val(cfg), rows.append, lambda m: None, raw)
+        assert out["length_correction_applied"] is applied and (load_slopes(best) is not None) is applied
+        assert out["length_slopes"] == pytest.approx(slopes)      # the same seeded fit each time
+    assert [r["length_correction_applied"] for r in rows] == [False, True]
     rm = RewardModel.load(tmp_path / s["run_dir"])
     assert rm.length_slopes == pytest.approx(slopes)
     # the fit used the raw reward of a seeded sample of 30 TRAINING pairs: refit by hand, the same slopes,

@@ -78,18 +78,27 @@ def load_slopes(folder: Path) -> dict[str, float] | None:
         raise ValueError(f"{f}: not a length-correction file ({e})") from None
 
 
-def correct_run(cfg, best_dir: Path, train_pairs, val, record, log) -> dict:
-    """Fit the length slopes of the kept checkpoint on training pairs, store them beside it (the scorer
-    applies them from then on), and validate the corrected reward. The checkpoint itself is unchanged."""
+def correct_run(cfg, best_dir: Path, train_pairs, val, record, log, raw_score: float | None = None) -> dict:
+    """Fit the length slopes of the kept checkpoint on training pairs and validate the corrected reward.
+    The slopes are stored beside the checkpoint (so the scorer applies them) only if the corrected reward
+    scores at least as well on validation (cfg.select) as the raw one, `raw_score`: the kept checkpoint's
+    own validation score. Whether a checkpoint is length-driven enough to gain is a validation question,
+    like the choice of the checkpoint itself. The checkpoint's weights are unchanged either way."""
     from .scorer import RewardModel      # here: scorer.py imports this module
     from .validation import validate
 
+    (Path(best_dir) / FILE).unlink(missing_ok=True)       # a re-run decides afresh
     rm = RewardModel.load(best_dir)
     slopes = fit_length_correction(rm, train_pairs, cfg.length_fit_pairs, cfg.seed)
-    save_slopes(best_dir, slopes, {"fitted_on": f"{min(cfg.length_fit_pairs, len(train_pairs))} training pairs"})
     v = validate(rm.enc, cfg, val, slopes) if val else {}
-    record({"length_slopes": slopes, **{f"corrected_{k}": x for k, x in v.items()}})
+    applied = not v or raw_score is None or v["val_score"] >= raw_score
+    if applied:
+        save_slopes(best_dir, slopes, {"fitted_on": f"{min(cfg.length_fit_pairs, len(train_pairs))} training pairs"})
+    record({"length_slopes": slopes, "length_correction_applied": applied,
+            **{f"corrected_{k}": x for k, x in v.items()}})
     log("length correction: slope of reward on log(1+chars) " + ", ".join(f"{d} {b:.3f}" for d, b in slopes.items())
-         + (f"; val_score {v['val_score']:.4f} (len-balanced {v['val_len_balanced']:.4f})" if v else ""))
-    return {"length_slopes": slopes, **({"corrected_val_score": v["val_score"], "corrected_val_acc": v["val_acc"],
-                                         "corrected_val_len_balanced": v["val_len_balanced"]} if v else {})}
+        + (f"; val_score {v['val_score']:.4f} (len-balanced {v['val_len_balanced']:.4f})" if v else "")
+        + (" -> applied" if applied else f" -> not applied (raw reward scores {raw_score:.4f})"))
+    return {"length_slopes": slopes, "length_correction_applied": applied,
+            **({"corrected_val_score": v["val_score"], "corrected_val_acc": v["val_acc"],
+                "corrected_val_len_balanced": v["val_len_balanced"]} if v else {})}

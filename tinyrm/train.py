@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     bar.close()
     corrected = {}
     if cfg.length_correct and cfg.mode == "pointwise" and done == len(steps) and (run_dir / "best").is_dir():
-        corrected = correct_run(cfg, run_dir / "best", train_pairs, val, record, _log)
+        corrected = correct_run(cfg, run_dir / "best", train_pairs, val, record, _log, best["val_score"])
     metrics.close()
     summary = {"run_dir": str(run_dir), "best_val_score": best["val_score"], "best_val_acc": best.get("val_acc", -1.0),
                **corrected, "select": cfg.select, "best_step": best["step"],
@@ -297,6 +297,7 @@ def cli(args) -> int:
           f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
           f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
     if "corrected_val_score" in s:
-        print(f"with the length correction (what the scorer applies): validation score {s['corrected_val_score']:.4f}, "
+        what = "applied: the scorer uses it" if s["length_correction_applied"] else "not applied: it scores lower"
+        print(f"with the length correction ({what}): validation score {s['corrected_val_score']:.4f}, "
               f"pooled accuracy {s['corrected_val_acc']:.4f}")
     return 0
