@@ -116,3 +116,30 @@ def test_linear_gelu_matches_float64(n, d, o):
     wg = w.clone().requires_grad_()
     linear_gelu(x, wg, b).sum().backward()
     torch.testing.assert_close(wg.grad.double(), w64.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_bert_scoring_takes_the_fused_path_with_merged_adapters(minilm_path, monkeypatch):
+    """A trained (DoRA-adapted, merged) MiniLM scores through the fused linear+GELU, with the same logits
+    as the unmerged adapters' own forward."""
+    import tinyrm
+    import tinyrm.kernels.linear_act as la
+    from tinyrm.dora import add_dora, merge_all
+
+    if la._fused is None:
+        pytest.skip("this torch build has no oneDNN linear_pointwise")
+    enc = tinyrm.load_encoder(minilm_path)
+    add_dora(enc, 4, 8.0, ["query", "key", "value", "dense"])
+    g = torch.Generator().manual_seed(0)
+    for n, p in enc.named_parameters():
+        if "lora_B" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.05     # a non-trivial adapter
+    ids = torch.randint(1000, 2000, (2, 40), generator=g)
+    enc.eval()
+    with torch.no_grad():
+        ref = enc.encode(ids)                                      # unmerged: adapters' own forward
+        calls = []
+        monkeypatch.setattr(la, "_fused", lambda *a: calls.append(1) or torch.ops.mkldnn._linear_pointwise(*a))
+        merge_all(enc)
+        got = enc.encode(ids)
+    assert len(calls) == enc.config.num_layers
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

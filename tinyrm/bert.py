@@ -69,10 +69,9 @@ class Layer(nn.Module):
         ao = self.attention.output
         x = ao.LayerNorm(x + ao.dense(o.flatten(1)))
         up = self.intermediate.dense
-        if type(up) is nn.Linear:  # plain (frozen or merged) weights: one fused GEMM + GELU when scoring
-            h = linear_gelu(x, up.weight, up.bias)                                     # [., I]
-        else:                      # an adapter wraps it: its own forward
-            h = F.gelu(up(x))
+        # plain or merged weights: one fused GEMM + GELU when scoring; an unmerged adapter: its own forward
+        w = up.weight if type(up) is nn.Linear else getattr(up, "inference_weight", lambda: None)()
+        h = linear_gelu(x, w, up.bias) if w is not None else F.gelu(up(x))             # [., I]
         return self.output.LayerNorm(x + self.output.dense(h))
 
 

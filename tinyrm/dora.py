@@ -99,6 +99,11 @@ class DoRALinear(nn.Module):
             self.unmerge()  # training needs the factored form
         return super().train(mode)
 
+    def inference_weight(self) -> torch.Tensor | None:
+        """The merged weight while merged (eval), else None: a caller may then fuse this layer's GEMM with
+        what follows it (bert.py: the up-projection and its GELU), exactly as forward would compute it."""
+        return self._fresh_merged() if self._merged is not None else None
+
     # ---- forward ----
     def _fresh_merged(self) -> torch.Tensor:
         if self._merged_key != self._adapter_key():  # adapter or base changed since merge()
