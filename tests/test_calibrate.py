@@ -9,7 +9,7 @@ import torch
 
 from conftest import write_tiny_bert
 from tinyrm.calibrate import fit_slopes, load_slopes, log_length, save_slopes
-from tinyrm.data import MixEntry, PreferencePair
+from tinyrm.data import MixEntry
 from tinyrm.recipe import TrainConfig
 from tinyrm.scorer import RewardModel
 from tinyrm.train import train
@@ -69,16 +69,6 @@ def test_scorer_subtracts_slope_times_log_length(tiny_bert):
     assert float(z) == pytest.approx(raw_long - raw_short - 0.7 * (math.log1p(20) - math.log1p(1)), abs=1e-5)
 
 
-def _train_pairs(cfg):
-    from tinyrm.train import load_data
-    return load_data(cfg)[0]
-
-
-def _val(cfg):
-    from tinyrm.train import load_data
-    return load_data(cfg)[1]
-
-
 def test_training_fits_stores_and_validates_the_correction(tiny_bert, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(60, 3)))
@@ -95,9 +85,11 @@ def test_training_fits_stores_and_validates_the_correction(tiny_bert, tmp_path):
     assert s["length_correction_applied"] == (s["corrected_val_score"] >= s["best_val_score"])
     assert (load_slopes(best) is not None) == s["length_correction_applied"]
     from tinyrm.calibrate import correct_run
+    from tinyrm.train import load_data
+    train_pairs, val, _ = load_data(cfg)
     rows = []
     for raw, applied in ((2.0, False), (-1.0, True)):       # unbeatable / always beaten raw scores
-        out = correct_run(cfg, best, _train_pairs(cfg), _val(cfg), rows.append, lambda m: None, raw)
+        out = correct_run(cfg, best, train_pairs, val, rows.append, lambda m: None, raw)
         assert out["length_correction_applied"] is applied and (load_slopes(best) is not None) is applied
         assert out["length_slopes"] == pytest.approx(slopes)      # the same seeded fit each time
     assert [r["length_correction_applied"] for r in rows] == [False, True]
@@ -105,8 +97,6 @@ def test_training_fits_stores_and_validates_the_correction(tiny_bert, tmp_path):
     assert rm.length_slopes == pytest.approx(slopes)
     # the fit used the raw reward of a seeded sample of 30 TRAINING pairs: refit by hand, the same slopes,
     # and the corrected reward on that sample has no linear trend in log length left (per domain)
-    from tinyrm.train import load_data
-    train_pairs, val, _ = load_data(cfg)
     sample = random.Random(f"length-fit-{cfg.seed}").sample(train_pairs, 30)
     q, resp = [p.prompt for p in sample] * 2, [p.chosen for p in sample] + [p.rejected for p in sample]
     doms = [p.domain for p in sample] * 2

@@ -128,14 +128,17 @@ class RewardModel:
         domain, or the pooled one "*" without a domain)."""
         if self.mode != "pointwise":
             raise ValueError("score() needs a pointwise model; a pairwise model only compares (use compare())")
+        given = domains is not None
         domains = domains or [None] * len(prompts)
         pre = POINTWISE_PREFIX if self.prefix == "domain" else resolve_prefix(self.prefix)
         exs = [build_pointwise(self.enc.tokenizer, self.sp, q, r, pre, self.max_len)
                for q, r, d in zip(prompts, responses, domains, strict=True)]
         r = self._logits(exs)
         if self.length_slopes:
-            s = self.length_slopes
-            r = r - torch.tensor([s.get(d or "", s["*"]) * log_length(t) for t, d in zip(responses, domains)])
+            # the fit keys domainless rows as "none" (calibrate.fit_slopes); a call without domains, or a
+            # domain the fit never saw, gets the pooled slope
+            s, keys = self.length_slopes, [(d or "none") if given else "*" for d in domains]
+            r = r - torch.tensor([s.get(k, s["*"]) * log_length(t) for t, k in zip(responses, keys)])
         return r.tolist()
 
     def compare_logits(self, prompts, responses_a, responses_b, domains=None) -> torch.Tensor:
