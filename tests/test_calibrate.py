@@ -1,8 +1,9 @@
-"""Length decorrelation of the pointwise reward: the slope fit against hand values, the scorer applying
-it, and a training run that fits, stores and validates it."""
+"""Length and the pointwise reward: the slope fit against hand values, the scorer applying it, every
+validation of a run fitting it and keeping the better reward, and the length expert of training."""
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,55 +70,151 @@ def test_scorer_subtracts_slope_times_log_length(tiny_bert):
     assert float(z) == pytest.approx(raw_long - raw_short - 0.7 * (math.log1p(20) - math.log1p(1)), abs=1e-5)
 
 
-def test_training_fits_stores_and_validates_the_correction(tiny_bert, tmp_path):
+def _cfg(tiny_bert, tmp_path, **kw):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(60, 3)))
-    cfg = TrainConfig(model=str(tiny_bert), data=[MixEntry(path=str(data))], mode="pointwise", max_len=64, rank=4,
-                      alpha=8.0, targets=["query", "value", "dense"], freeze_layers=1, batch_pairs=4,
-                      micro_tokens=200, lr=1e-3, max_steps=4, eval_every=2, save_every=100, val_frac=0.2,
-                      val_max_pairs=20, threads=1, runs_dir=str(tmp_path / "runs"), length_correct=True,
-                      length_fit_pairs=30)
+    return TrainConfig(**{**dict(model=str(tiny_bert), data=[MixEntry(path=str(data))], mode="pointwise", max_len=64,
+                                 rank=4, alpha=8.0, targets=["query", "value", "dense"], freeze_layers=1,
+                                 batch_pairs=4, micro_tokens=200, lr=1e-3, max_steps=6, eval_every=2,
+                                 save_every=100, val_frac=0.2, val_max_pairs=20, threads=1,
+                                 runs_dir=str(tmp_path / "runs"), length_correct=True, length_fit_pairs=30), **kw})
+
+
+def _rows_of(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_validation_fits_both_rewards_and_keeps_the_better(tiny_bert, tmp_path):
+    cfg = _cfg(tiny_bert, tmp_path)
     s = train(cfg)
-    best = tmp_path / s["run_dir"] / "best"
-    slopes = s["length_slopes"]
-    assert set(slopes) == {"chat", "safety", "*"}
-    # stored (and so applied by the scorer) exactly when the corrected reward validates at least as well
-    assert s["length_correction_applied"] == (s["corrected_val_score"] >= s["best_val_score"])
-    assert (load_slopes(best) is not None) == s["length_correction_applied"]
-    from tinyrm.calibrate import correct_run
+    run = Path(s["run_dir"])
+    evals = [r for r in _rows_of(run) if "val_score" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4, 6]
+    assert "length_slopes" not in evals[0]                    # the untrained model: raw only
+    score = [evals[0]["val_score"]]
+    for r in evals[1:]:
+        assert set(r["length_slopes"]) == {"chat", "safety", "*"}
+        assert r["length_corrected"] == (r["corrected_val_score"] >= r["val_score"])
+        score.append(max(r["val_score"], r["corrected_val_score"]))
+    # the kept checkpoint is the first best of those scores, and it carries the slopes iff its corrected
+    # reward won: the scorer then applies exactly the reward that was selected
+    i = max(range(len(score)), key=lambda k: (score[k], -k))
+    row = evals[i]
+    assert s["best_step"] == row["step"] and s["best_val_score"] == pytest.approx(score[i])
+    assert s["length_correction_applied"] == bool(row.get("length_corrected"))
+    best = run / "best"
+    assert load_slopes(best) == (pytest.approx(row["length_slopes"]) if row.get("length_corrected") else None)
+    # the slopes are the raw reward's OLS slopes on a seeded sample of 30 TRAINING pairs (refit by hand on
+    # the kept checkpoint), and the corrected reward on that sample has no linear trend in log length left
     from tinyrm.train import load_data
     train_pairs, val, _ = load_data(cfg)
-    rows = []
-    for raw, applied in ((2.0, False), (-1.0, True)):       # unbeatable / always beaten raw scores
-        out = correct_run(cfg, best, train_pairs, val, rows.append, lambda m: None, raw)
-        assert out["length_correction_applied"] is applied and (load_slopes(best) is not None) is applied
-        assert out["length_slopes"] == pytest.approx(slopes)      # the same seeded fit each time
-    assert [r["length_correction_applied"] for r in rows] == [False, True]
-    rm = RewardModel.load(tmp_path / s["run_dir"])
-    assert rm.length_slopes == pytest.approx(slopes)
-    # the fit used the raw reward of a seeded sample of 30 TRAINING pairs: refit by hand, the same slopes,
-    # and the corrected reward on that sample has no linear trend in log length left (per domain)
+    rm = RewardModel.load(run)
+    rm.length_slopes = None
     sample = random.Random(f"length-fit-{cfg.seed}").sample(train_pairs, 30)
     q, resp = [p.prompt for p in sample] * 2, [p.chosen for p in sample] + [p.rejected for p in sample]
     doms = [p.domain for p in sample] * 2
-    rm.length_slopes = None
-    raw = rm.score(q, resp)
-    assert fit_slopes(raw, [log_length(t) for t in resp], doms) == pytest.approx(slopes, abs=1e-5)
+    slopes = fit_slopes(rm.score(q, resp), [log_length(t) for t in resp], doms)
+    if i > 0:
+        assert slopes == pytest.approx(row["length_slopes"], abs=1e-5)
     rm.length_slopes = slopes
     corrected = rm.score(q, resp, doms)
     for dom in ("chat", "safety"):
-        idx = [i for i, d in enumerate(doms) if d == dom]
-        assert fit_slopes([corrected[i] for i in idx], [log_length(resp[i]) for i in idx], [dom] * len(idx))[dom] \
+        idx = [k for k, d in enumerate(doms) if d == dom]
+        assert fit_slopes([corrected[k] for k in idx], [log_length(resp[k]) for k in idx], [dom] * len(idx))[dom] \
             == pytest.approx(0.0, abs=1e-4)
-    # the summary's corrected validation is validate() with those slopes
-    v = validate(rm.enc, cfg, val, slopes)
-    assert s["corrected_val_score"] == pytest.approx(v["val_score"])
-    assert s["length_slopes"] == pytest.approx(slopes)
-    # a pairwise run never gets one
-    s2 = train(TrainConfig(**{**cfg.to_dict(), "mode": "pairwise", "data": cfg.data, "val": cfg.val,
-                              "runs_dir": str(tmp_path / "runs2"),
-                              "betas": tuple(cfg.betas)}))
-    assert load_slopes(tmp_path / s2["run_dir"] / "best") is None and "length_slopes" not in s2
+    # both logged scores are what the scorer's own validation gives, raw and with those slopes
+    if i > 0:
+        assert validate(rm.enc, cfg, val)["val_score"] == pytest.approx(row["val_score"])
+        assert validate(rm.enc, cfg, val, slopes)["val_score"] == pytest.approx(row["corrected_val_score"])
+    # a pairwise recipe cannot ask for it
+    with pytest.raises(ValueError, match="pointwise"):
+        train(TrainConfig(**{**cfg.to_dict(), "mode": "pairwise", "data": cfg.data, "val": cfg.val,
+                             "runs_dir": str(tmp_path / "runs2"), "betas": tuple(cfg.betas)}))
+
+
+def test_validate_run_rule(monkeypatch):
+    """The better of raw and corrected is the score; a tie goes to the corrected reward, whose slopes are
+    then returned for storing; without a fitting sample, plain validation."""
+    import tinyrm.validation as V
+
+    slopes = {"chat": 0.5, "*": 0.5}
+    for raw, corr, used in ((0.6, 0.5, False), (0.6, 0.6, True), (0.5, 0.7, True)):
+        monkeypatch.setattr(V, "validate_with_correction",
+                            lambda rm, val, fit, select, r=raw, c=corr: ({"val_score": r}, slopes, {"val_score": c}))
+        monkeypatch.setattr(V, "RewardModel", lambda *a, **k: None)
+        row, score, kept = V.validate_run(None, TrainConfig(mode="pointwise"), [], fit_pairs=["a pair"])
+        assert score == max(raw, corr) and (kept is slopes) == used and row["length_corrected"] == used
+        assert row["corrected_val_score"] == corr and row["val_score"] == raw
+    monkeypatch.setattr(V, "validate", lambda enc, cfg, val: {"val_score": 0.4})
+    assert V.validate_run(None, TrainConfig(), [], None) == ({"val_score": 0.4}, 0.4, None)
+
+
+def test_for_inference_merges_and_gives_the_training_mode_back(tiny_bert, tmp_path):
+    from tinyrm.dora import adapted_modules
+    from tinyrm.train import load_data, prepare_model
+    from tinyrm.validation import for_inference
+
+    cfg = _cfg(tiny_bert, tmp_path)
+    enc = prepare_model(cfg, torch.device("cpu"))
+    for m in adapted_modules(enc).values():                 # a non-trivial adapter
+        torch.nn.init.normal_(m.lora_B, std=0.05)
+    _, val, _ = load_data(cfg)
+    enc.eval()
+    plain = validate(enc, cfg, val)
+    enc.train()
+    with for_inference(enc):
+        assert not enc.training and all(m.merged for m in adapted_modules(enc).values())
+        merged = validate(enc, cfg, val)
+    assert enc.training and not any(m.merged for m in adapted_modules(enc).values())
+    assert merged["val_loss"] == pytest.approx(plain["val_loss"], abs=1e-5)
+    assert merged["val_acc"] == plain["val_acc"]
+
+
+def test_length_expert_joins_the_pair_logit(tiny_bert, tmp_path):
+    from tinyrm.calibrate import LengthExpert
+    from tinyrm.scorer import mask_logits
+    from tinyrm.train import build_examples, load_data, prepare_model, step_loss
+
+    cfg = _cfg(tiny_bert, tmp_path, length_expert=True)
+    pairs, _, _ = load_data(cfg)
+    enc = prepare_model(cfg, torch.device("cpu"))
+    expert = LengthExpert(pairs)
+    assert expert.domains == ["chat", "safety"]
+    expert.beta.data = torch.tensor([0.75, -1.5])
+    ids = [0, 3, 5, 8]
+    examples = build_examples(enc, cfg, pairs)
+    vocab = torch.tensor(RewardModel(enc, "pointwise").answer_ids)
+    diff, _ = step_loss(enc, cfg, examples, ids, vocab, len(ids), torch.autocast("cpu", enabled=False), expert)
+    with torch.no_grad():
+        lg = mask_logits(enc, [e for i in ids for e, _ in examples[i]], vocab)
+    r = lg[:, 0] - lg[:, 1]
+    beta = {"chat": 0.75, "safety": -1.5}
+    want = [float(r[2 * k] - r[2 * k + 1]) + beta[pairs[i].domain] * (math.log1p(len(pairs[i].chosen))
+            - math.log1p(len(pairs[i].rejected))) for k, i in enumerate(ids)]
+    assert diff.tolist() == pytest.approx(want, abs=1e-5)
+    assert expert.beta.grad is not None and expert.beta.grad.abs().sum() > 0   # it trains
+
+
+def test_length_expert_learns_the_length_preference_and_resumes_exactly(tiny_bert, tmp_path):
+    """In these pairs the chosen answer is one word and the rejected one 1-6 words: length alone predicts
+    the label, and β goes negative in both domains. A stopped and resumed run ends bit for bit where the
+    uninterrupted one does, β and its optimiser state included."""
+    from safetensors.torch import load_file
+
+    cfg = _cfg(tiny_bert, tmp_path, length_expert=True, length_correct=False, max_steps=10, eval_every=100)
+    full = train(cfg, run_dir=tmp_path / "full")
+    assert set(full["length_expert"]) == {"chat", "safety"} and max(full["length_expert"].values()) < -0.05
+    part = tmp_path / "part"
+    train(cfg, run_dir=part, stop_after=4)
+    again = train(cfg, run_dir=part)
+    assert again["length_expert"] == full["length_expert"]
+    a, b = load_file(tmp_path / "full" / "last" / "adapter.safetensors"), load_file(part / "last" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    betas = [[r[f"length_beta_{d}"] for d in ("chat", "safety")] for r in _rows_of(part) if "loss" in r]
+    assert betas == [[r[f"length_beta_{d}"] for d in ("chat", "safety")] for r in _rows_of(tmp_path / "full")
+                     if "loss" in r]
+    # the scorer never sees β: the kept model's reward is the encoder's own
+    assert "length_expert" not in json.loads((tmp_path / "full" / "last" / "adapter.json").read_text())["tensors"]
 
 
 def test_rewardbench_scoring_uses_each_sections_slope(tiny_bert):

@@ -157,7 +157,8 @@ def test_paper_recipes_fit_modernbert(name, tiny_modernbert):
 def test_validation_per_domain_and_selection(tiny_bert, tmp_path):
     """val_score is the mean of the per-domain accuracies (hand-computed from the same logits), the
     validation sample holds an equal share per domain, and the best checkpoint follows val_score."""
-    from tinyrm.train import load_data, prepare_model, validate  # validate lives in tinyrm.validation
+    from tinyrm.train import load_data, prepare_model
+    from tinyrm.validation import validate
 
     rows = repeat_task(60, 5) + [dict(r, domain="safety") for r in repeat_task(200, 6)]
     data = _write(tmp_path / "d.jsonl", rows)
@@ -225,7 +226,7 @@ def test_length_balance_per_domain():
     """Per domain, as many chosen-longer as chosen-shorter pairs survive (the minority side is kept whole);
     equal lengths are kept; the survivors keep their order; the same seed drops the same pairs."""
     from tinyrm.data import PreferencePair
-    from tinyrm.train import length_balanced
+    from tinyrm.calibrate import length_balanced
 
     rng = random.Random(0)
     pairs = []

@@ -5,11 +5,14 @@ MiniLM's reward correlates 0.44–0.60 with log length on its own training respo
 is right on 74 % of the pairs whose chosen answer is the longer one but on 46 % of those where it is the
 shorter. Best-of-n with such a reward picks the longest candidate, whatever it says.
 
-After training, β_d is fitted on a seeded sample of *training* pairs (never validation, never
-RewardBench): per domain, the least-squares slope of the reward on log length over all their responses,
-so the corrected reward has zero linear correlation with length on that sample; "*" is the slope pooled
-over every domain, used when the caller gives no domain. Length is counted in characters (what the user
-sees, and the same for any tokenizer). A pairwise model compares two answers in one input; this
+At every validation of a run (train.py), β_d is fitted on a seeded sample of *training* pairs (never
+validation, never RewardBench): per domain, the least-squares slope of the reward on log length over all
+their responses, so the corrected reward has zero linear correlation with length on that sample; "*" is
+the slope pooled over every domain, used when the caller gives no domain. Both the raw and the corrected
+reward are validated, and the checkpoint and the form of its reward are chosen together: whichever
+validates better (a tie goes to the corrected one). The slopes are stored beside a checkpoint only when
+its corrected reward won. Length is counted in characters (what the user sees, and the same for any
+tokenizer). A pairwise model compares two answers in one input; this
 correction is for the pointwise reward only.
 """
 from __future__ import annotations
@@ -46,11 +49,16 @@ def fit_slopes(rewards, lengths, domains) -> dict[str, float]:
     return out
 
 
+def fit_sample(pairs, n: int, seed: int) -> list:
+    """The seeded sample of n training pairs whose responses the slopes are fitted on."""
+    return random.Random(f"length-fit-{seed}").sample(list(pairs), min(n, len(pairs)))
+
+
 def fit_length_correction(rm, pairs, n: int = 600, seed: int = 0) -> dict[str, float]:
     """Score both responses of a seeded sample of n training pairs with the raw reward; fit the slopes."""
     if rm.mode != "pointwise":
         raise ValueError("length correction is for pointwise models; this one is pairwise")
-    sample = random.Random(f"length-fit-{seed}").sample(list(pairs), min(n, len(pairs)))
+    sample = fit_sample(pairs, n, seed)
     saved, rm.length_slopes = rm.length_slopes, None          # fit on the raw reward
     try:
         q = [p.prompt for p in sample]
@@ -61,9 +69,40 @@ def fit_length_correction(rm, pairs, n: int = 600, seed: int = 0) -> dict[str, f
     return fit_slopes(rewards, [log_length(t) for t in resp], [p.domain for p in sample] * 2)
 
 
+def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tuple[dict, dict, dict]:
+    """One scoring pass over both responses of the validation pairs and of the fitting `sample` (training
+    pairs): (raw validation metrics, slopes fitted on the sample, metrics of the corrected reward).
+    The corrected pair logit is z − β_d·(log(1+|chosen|) − log(1+|rejected|)), exactly what the scorer's
+    corrected score() gives for the pair (the same domain key: "none" for a pair without one)."""
+    from .validation import metrics      # here: validation imports the scorer, which imports this module
+
+    if rm.mode != "pointwise":
+        raise ValueError("length correction is for pointwise models; this one is pairwise")
+    rows = list(val) + list(sample)
+    n, m = len(val), len(sample)
+    saved, rm.length_slopes = rm.length_slopes, None          # the raw reward
+    try:
+        r = torch.tensor(rm.score([p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows],
+                                  [p.domain for p in rows] * 2), dtype=torch.float64)
+    finally:
+        rm.length_slopes = saved
+    r_c, r_r = r[:n + m], r[n + m:]                                                # [n+m] each
+    lc = torch.tensor([log_length(p.chosen) for p in rows], dtype=torch.float64)
+    lr = torch.tensor([log_length(p.rejected) for p in rows], dtype=torch.float64)
+    slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), torch.cat([lc[n:], lr[n:]]), [p.domain for p in sample] * 2)
+    beta = torch.tensor([slopes.get(p.domain or "none", slopes["*"]) for p in val], dtype=torch.float64)
+    z = r_c[:n] - r_r[:n]                                                         # [n] raw pair logits
+    return metrics(z, val, select), slopes, metrics(z - beta * (lc[:n] - lr[:n]), val, select)
+
+
+def slopes_text(slopes: dict[str, float], meta: dict | None = None) -> str:
+    """The contents of length.json."""
+    return json.dumps({"slopes": slopes, "length": "log1p(characters)", **(meta or {})}, indent=2)
+
+
 def save_slopes(folder: Path, slopes: dict[str, float], meta: dict | None = None) -> None:
     tmp = Path(folder) / (FILE + ".tmp")
-    tmp.write_text(json.dumps({"slopes": slopes, "length": "log1p(characters)", **(meta or {})}, indent=2))
+    tmp.write_text(slopes_text(slopes, meta))
     tmp.replace(Path(folder) / FILE)
 
 
@@ -78,27 +117,41 @@ def load_slopes(folder: Path) -> dict[str, float] | None:
         raise ValueError(f"{f}: not a length-correction file ({e})") from None
 
 
-def correct_run(cfg, best_dir: Path, train_pairs, val, record, log, raw_score: float | None = None) -> dict:
-    """Fit the length slopes of the kept checkpoint on training pairs and validate the corrected reward.
-    The slopes are stored beside the checkpoint (so the scorer applies them) only if the corrected reward
-    scores at least as well on validation (cfg.select) as the raw one, `raw_score`: the kept checkpoint's
-    own validation score. Whether a checkpoint is length-driven enough to gain is a validation question,
-    like the choice of the checkpoint itself. The checkpoint's weights are unchanged either way."""
-    from .scorer import RewardModel      # here: scorer.py imports this module
-    from .validation import validate
+class LengthExpert(torch.nn.Module):
+    """Length as a second expert during training (product of experts): the Bradley–Terry logit of a pair
+    becomes r(chosen) − r(rejected) + β_d · (log(1+|chosen|) − log(1+|rejected|)), with one learned β per
+    domain. The length term soaks up whatever part of the labels length alone explains, so the model's
+    own reward r gets the gradient of the rest; the scorer uses r alone (β is not part of the model).
+    Shen et al. 2023 (arXiv 2310.05199) debias a reward model this way with a small model as the
+    bias expert; here the bias is named, so a per-domain scalar does."""
 
-    (Path(best_dir) / FILE).unlink(missing_ok=True)       # a re-run decides afresh
-    rm = RewardModel.load(best_dir)
-    slopes = fit_length_correction(rm, train_pairs, cfg.length_fit_pairs, cfg.seed)
-    v = validate(rm.enc, cfg, val, slopes) if val else {}
-    applied = not v or raw_score is None or v["val_score"] >= raw_score
-    if applied:
-        save_slopes(best_dir, slopes, {"fitted_on": f"{min(cfg.length_fit_pairs, len(train_pairs))} training pairs"})
-    record({"length_slopes": slopes, "length_correction_applied": applied,
-            **{f"corrected_{k}": x for k, x in v.items()}})
-    log("length correction: slope of reward on log(1+chars) " + ", ".join(f"{d} {b:.3f}" for d, b in slopes.items())
-        + (f"; val_score {v['val_score']:.4f} (len-balanced {v['val_len_balanced']:.4f})" if v else "")
-        + (" -> applied" if applied else f" -> not applied (raw reward scores {raw_score:.4f})"))
-    return {"length_slopes": slopes, "length_correction_applied": applied,
-            **({"corrected_val_score": v["val_score"], "corrected_val_acc": v["val_acc"],
-                "corrected_val_len_balanced": v["val_len_balanced"]} if v else {})}
+    def __init__(self, pairs):
+        super().__init__()
+        self.domains = sorted({p.domain or "none" for p in pairs})
+        self.beta = torch.nn.Parameter(torch.zeros(len(self.domains)))                          # [D]
+        self.gap = torch.tensor([log_length(p.chosen) - log_length(p.rejected) for p in pairs])   # [P]
+        self.dom = torch.tensor([self.domains.index(p.domain or "none") for p in pairs])          # [P]
+
+    def forward(self, pair_ids: list[int]) -> torch.Tensor:
+        """[len(pair_ids)]: the length expert's share of each pair's logit."""
+        i = torch.tensor(pair_ids)
+        return self.beta[self.dom[i]] * self.gap[i]
+
+    def values(self) -> dict[str, float]:
+        return {d: b for d, b in zip(self.domains, self.beta.tolist())}
+
+
+def length_balanced(pairs, seed: int):
+    """(pairs, n_dropped): per domain, a seeded subsample of the majority side so that pairs whose chosen
+    response is longer (in characters) are exactly as many as those where it is shorter; ties all stay.
+    Preference data usually favours the longer answer (60-70 % of the chat and reasoning files here), so a
+    model can score well by counting tokens, which fails wherever the better answer is the short one
+    (refusals, terse correct answers). Balancing removes that shortcut; the order of the rest is kept."""
+    rng, drop = random.Random(f"length-balance-{seed}"), set()
+    for dom in sorted({p.domain for p in pairs}, key=str):
+        idx = [i for i, p in enumerate(pairs) if p.domain == dom]
+        longer = [i for i in idx if len(pairs[i].chosen) > len(pairs[i].rejected)]
+        shorter = [i for i in idx if len(pairs[i].chosen) < len(pairs[i].rejected)]
+        big, small = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+        drop.update(rng.sample(big, len(big) - len(small)))
+    return [p for i, p in enumerate(pairs) if i not in drop], len(drop)

@@ -38,8 +38,10 @@ def _swap_in(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_checkpoint(folder: Path, model, meta: dict, trainer_state: dict | None = None) -> Path:
-    """Write adapter.safetensors + adapter.json (+ trainer.pt) into `folder`, atomically."""
+def save_checkpoint(folder: Path, model, meta: dict, trainer_state: dict | None = None,
+                    files: dict[str, str] | None = None) -> Path:
+    """Write adapter.safetensors + adapter.json (+ trainer.pt, + `files`: name -> text, e.g. a length
+    correction) into `folder`, atomically: the folder is swapped in whole, never half-written."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -48,6 +50,8 @@ def save_checkpoint(folder: Path, model, meta: dict, trainer_state: dict | None 
     save_adapter(model, tmp / "adapter.safetensors", meta)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     _swap_in(tmp, folder)
     return folder
 

@@ -69,8 +69,11 @@ class TrainConfig:
     skip_bad: bool = False
     length_balance: bool = False        # per domain, keep as many training pairs whose chosen response is the
                                         # longer as pairs where it is the shorter (length is then no shortcut)
-    length_correct: bool = False        # pointwise: after training, fit and remove the reward's slope on log
-    length_fit_pairs: int = 600         # length, on this many training pairs (calibrate.py)
+    length_correct: bool = False        # pointwise: at each validation, fit the reward's slope on log length
+    length_fit_pairs: int = 600         # on this many training pairs, and keep the raw or the corrected reward,
+                                        # whichever validates better (calibrate.py)
+    length_expert: bool = False         # pointwise: train with a per-domain length term in the pair logit,
+                                        # which the scorer leaves out (calibrate.LengthExpert)
     # bookkeeping
     eval_every: int = 50
     save_every: int = 50

@@ -21,14 +21,14 @@ from tqdm import tqdm
 
 from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 
-from .calibrate import correct_run
+from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, length_balanced, slopes_text
 from .checkpoint import find_resumable, rng_state, save_checkpoint, set_rng_state
 from .data import MixEntry, drop_overlap, load_mix, prompt_hash
 from .dora import add_dora, freeze_layers, param_summary
 from .prompts import PAIRWISE_WORDS, POINTWISE_WORDS, length_grouped_batches, pairwise_examples, pointwise_examples
 from .recipe import ROOT, TrainConfig, load_recipe, shared_dir
 from .scorer import RewardModel, mask_logits
-from .validation import val_domains, validate
+from .validation import for_inference, val_domains, validate_run
 from .weights import load_encoder
 
 
@@ -49,7 +49,7 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
     return enc
 
 
-def make_optimizer(enc, cfg: TrainConfig, total_steps: int):
+def make_optimizer(enc, cfg: TrainConfig, total_steps: int, expert: LengthExpert | None = None):
     decay, no_decay = [], []
     for n, p in enc.named_parameters():
         if p.requires_grad:
@@ -58,6 +58,10 @@ def make_optimizer(enc, cfg: TrainConfig, total_steps: int):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas),
                             eps=cfg.eps)
+    if expert is not None:
+        # β is one scalar per domain with a target of order 1, and AdamW moves a parameter by about lr per
+        # step: at the adapters' lr it would need ~1000 steps, at 20x it gets there within the warm-up
+        opt.add_param_group({"params": [expert.beta], "weight_decay": 0.0, "lr": 20 * cfg.lr})
     warm = max(1, round(cfg.warmup_frac * total_steps))
 
     def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to final_lr_frac of the peak
@@ -102,22 +106,6 @@ def load_data(cfg: TrainConfig):
     return train, val, notes
 
 
-def length_balanced(pairs, seed: int):
-    """(pairs, n_dropped): per domain, a seeded subsample of the majority side so that pairs whose chosen
-    response is longer (in characters) are exactly as many as those where it is shorter; ties all stay.
-    Preference data usually favours the longer answer (60-70 % of the chat and reasoning files here), so a
-    model can score well by counting tokens, which fails wherever the better answer is the short one
-    (refusals, terse correct answers). Balancing removes that shortcut; the order of the rest is kept."""
-    rng, drop = random.Random(f"length-balance-{seed}"), set()
-    for dom in sorted({p.domain for p in pairs}, key=str):
-        idx = [i for i, p in enumerate(pairs) if p.domain == dom]
-        longer = [i for i in idx if len(pairs[i].chosen) > len(pairs[i].rejected)]
-        shorter = [i for i in idx if len(pairs[i].chosen) < len(pairs[i].rejected)]
-        big, small = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
-        drop.update(rng.sample(big, len(big) - len(small)))
-    return [p for i, p in enumerate(pairs) if i not in drop], len(drop)
-
-
 def build_examples(enc, cfg: TrainConfig, pairs):
     """Per pair, its examples with labels: pairwise both orders; pointwise (chosen, rejected)."""
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
@@ -154,8 +142,9 @@ def micro_batches(pair_ids: list[int], examples, max_tokens: int) -> list[list[i
     return out + ([cur] if cur else [])
 
 
-def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast):
-    """Forward + backward for one micro-batch; returns (diffs, tokens)."""
+def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, expert=None):
+    """Forward + backward for one micro-batch; returns (diffs, tokens). `expert`: a LengthExpert whose
+    term joins each pair's logit (pointwise)."""
     exs = [ex for i in pair_ids for ex in examples[i]]
     with autocast:
         lg = mask_logits(enc, [e for e, _ in exs], vocab).float()             # [N, 2]
@@ -165,6 +154,8 @@ def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast):
         diff = torch.where(labels == 0, z, -z)     # chosen's log-odds, one per order
     else:
         diff = z[0::2] - z[1::2]                   # r(chosen) - r(rejected)
+        if expert is not None:
+            diff = diff + expert(pair_ids)          # + β_d · (log-length gap)
     loss = bradley_terry_loss(diff, cfg.margin, reduction="sum") / n_diffs
     loss.backward()
     return diff.detach(), sum(len(e.input_ids) for e, _ in exs)
@@ -198,7 +189,11 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     examples = build_examples(enc, cfg, train_pairs)
     steps = plan_steps(examples, cfg)
     _log(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
-    opt, sched = make_optimizer(enc, cfg, len(steps))
+    if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct):
+        raise ValueError("length_expert and length_correct are for pointwise models; this recipe is pairwise")
+    expert = LengthExpert(train_pairs) if cfg.length_expert else None
+    fit = fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed) if cfg.length_correct else None
+    opt, sched = make_optimizer(enc, cfg, len(steps), expert)
     words = PAIRWISE_WORDS if cfg.mode == "pairwise" else POINTWISE_WORDS
     vocab = torch.tensor(RewardModel(enc, cfg.mode).answer_ids, device=device)
     autocast = autocast_for(cfg, device)
@@ -213,6 +208,8 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         set_rng_state(st["rng"])
+        if expert is not None:
+            expert.beta.data.copy_(st["length_expert"])
         start, best = st["step"], st["best"]
         _log(f"resumed from {ckpt} at step {start}")
 
@@ -222,17 +219,23 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
 
-    def evaluate_and_keep(step):
-        v = validate(enc, cfg, val)
+    def evaluate_and_keep(step, fit=None):
+        with for_inference(enc, autocast):            # merged adapters, the step's precision
+            v, score, slopes = validate_run(enc, cfg, val, fit)
         record({"step": step, **v})
-        if v["val_score"] > best["val_score"]:
-            best.update(val_score=v["val_score"], val_acc=v["val_acc"], step=step)
-            save_checkpoint(run_dir / "best", enc, {**meta, "step": step, **v})
-        return v
+        if score > best["val_score"]:
+            c = "corrected_" if slopes else ""
+            best.update(val_score=score, val_acc=v[c + "val_acc"], step=step, raw_val_score=v["val_score"],
+                        length_corrected=slopes is not None, corrected_val_score=v.get("corrected_val_score"),
+                        corrected_val_acc=v.get("corrected_val_acc"))
+            files = {LENGTH_FILE: slopes_text(slopes, {"fitted_on": f"{len(fit)} training pairs", "step": step})
+                     } if slopes else None
+            save_checkpoint(run_dir / "best", enc, {**meta, "step": step, **v}, files=files)
+        return v, score
 
     doms = val_domains(val)  # the per-domain accuracies shown on the progress bar
     if start == 0 and val:
-        _log(f"step 0 (untrained cloze): val_score {evaluate_and_keep(0)['val_score']:.4f}")
+        _log(f"step 0 (untrained cloze): val_score {evaluate_and_keep(0)[1]:.4f}")
     enc.train()
     done = start
     bar = tqdm(range(start, len(steps)), initial=start, total=len(steps), desc="train", unit="step")
@@ -241,7 +244,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
         n_diffs = len(steps[step]) * (2 if cfg.mode == "pairwise" else 1)
         diffs, tokens = [], 0
         for mb in micro_batches(steps[step], examples, cfg.micro_tokens):
-            d, n = step_loss(enc, cfg, examples, mb, vocab, n_diffs, autocast)
+            d, n = step_loss(enc, cfg, examples, mb, vocab, n_diffs, autocast, expert)
             diffs.append(d)
             tokens += n
         gnorm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
@@ -251,29 +254,33 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
         d = torch.cat(diffs)
         row = {"step": step + 1, "lr": sched.get_last_lr()[0], "loss": bradley_terry_loss(d).item(),
                **preference_stats(d), "grad_norm": gnorm.item(), "tokens": tokens,
-               "tokens_per_s": tokens / (time.time() - ts), "elapsed": time.time() - t0}
+               "tokens_per_s": tokens / (time.time() - ts), "elapsed": time.time() - t0,
+               **({f"length_beta_{k}": b for k, b in expert.values().items()} if expert else {})}
         record(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
         done = step + 1
         if val and (done % cfg.eval_every == 0 or done == len(steps)):
-            v = evaluate_and_keep(done)
+            v, score = evaluate_and_keep(done, fit)
             enc.train()
             per = " ".join(f"{d} {v['val_acc_' + d]:.3f}" for d in doms)
-            bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}] (best {best['val_score']:.4f} "
+            fix = f", length-corrected {v['corrected_val_score']:.4f}" if "corrected_val_score" in v else ""
+            bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}]{fix} (best {best['val_score']:.4f} "
                       f"at {best['step']})")
         if done % cfg.save_every == 0 or done == len(steps) or done == stop_after:
             save_checkpoint(run_dir / "last", enc, {**meta, "step": done},
                             {"step": done, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "rng": rng_state(), "best": best})
+                             "rng": rng_state(), "best": best,
+                             **({"length_expert": expert.beta.detach().clone()} if expert else {})})
         if done == stop_after:
             break
     bar.close()
-    corrected = {}
-    if cfg.length_correct and cfg.mode == "pointwise" and done == len(steps) and (run_dir / "best").is_dir():
-        corrected = correct_run(cfg, run_dir / "best", train_pairs, val, record, _log, best["val_score"])
     metrics.close()
+    corrected = {k: best.get(k) for k in ("raw_val_score", "corrected_val_score", "corrected_val_acc")
+                 } if cfg.length_correct else {}
     summary = {"run_dir": str(run_dir), "best_val_score": best["val_score"], "best_val_acc": best.get("val_acc", -1.0),
-               **corrected, "select": cfg.select, "best_step": best["step"],
+               **corrected, "length_correction_applied": bool(best.get("length_corrected")),
+               **({"length_expert": expert.values()} if expert else {}),
+               "select": cfg.select, "best_step": best["step"],
                "steps": len(steps), "train_pairs": len(train_pairs), "val_pairs": len(val),
                "seconds": time.time() - t0,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -296,8 +303,8 @@ def cli(args) -> int:
     print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
           f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
           f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
-    if "corrected_val_score" in s:
-        what = "applied: the scorer uses it" if s["length_correction_applied"] else "not applied: it scores lower"
-        print(f"with the length correction ({what}): validation score {s['corrected_val_score']:.4f}, "
-              f"pooled accuracy {s['corrected_val_acc']:.4f}")
+    if s.get("corrected_val_score") is not None:
+        what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
+        print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
+              f"length-corrected {s['corrected_val_score']:.4f}")
     return 0
