@@ -144,3 +144,49 @@ def test_bert_scoring_takes_the_fused_path_with_merged_adapters(minilm_path, mon
         got = enc.encode(ids)
     assert len(calls) == enc.config.num_layers
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bert_scoring_stacks_query_key_value_into_one_gemm(minilm_path):
+    """At inference a BERT layer runs q, k and v as one stacked GEMM (plain or merged-adapter weights),
+    with the same output as three separate ones; an in-place weight change, a re-merge or a gradient
+    request is never served from a stale stack."""
+    import tinyrm
+    from tinyrm.dora import add_dora, merge_all
+
+    enc = tinyrm.load_encoder(minilm_path).eval()
+    layer = enc.layers[0]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (2, 40), generator=g)
+    with torch.no_grad():
+        got = enc.encode(ids)
+        assert layer._qkv_cache is not None                    # the stacked path ran
+        stacked = layer._qkv_cache[2]
+        layer._qkv_cache = None
+        with torch.enable_grad():                              # the separate GEMMs, as training runs them
+            ref = enc.encode(ids)
+        assert layer._qkv_cache is None
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        enc.encode(ids)
+        assert layer._qkv_cache[2] is not stacked and torch.equal(layer._qkv_cache[2], stacked)
+        layer.attention.self.key.weight.mul_(0.5)              # in place: a new version
+        with torch.enable_grad():
+            ref2 = enc.encode(ids)
+        torch.testing.assert_close(enc.encode(ids), ref2, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(ref2, ref, atol=1e-3)
+    add_dora(enc, 4, 8.0, ["query", "key", "value"])
+    for n, p in enc.named_parameters():
+        if "lora_B" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.05  # a non-trivial adapter
+    enc.eval()
+    with torch.no_grad():
+        ref3 = enc.encode(ids)                                 # unmerged adapters: no stack
+        merge_all(enc)
+        torch.testing.assert_close(enc.encode(ids), ref3, rtol=1e-4, atol=1e-4)
+        merged_stack = layer._qkv_cache[2]
+        enc.layers[0].attention.self.value.lora_B.data.mul_(2.0)   # the merge refreshes -> a new stack
+        enc.train()
+        enc.eval()
+        ref4 = enc.encode(ids)
+        merge_all(enc)
+        torch.testing.assert_close(enc.encode(ids), ref4, rtol=1e-4, atol=1e-4)
+        assert layer._qkv_cache[2] is not merged_stack
