@@ -54,36 +54,13 @@ class Layer(nn.Module):
         self.intermediate = _Node()
         self.intermediate.dense = nn.Linear(H, I)
         self.output = _dense_ln(cfg, I)
-        self._qkv_cache = None
-
-    def _qkv_weight(self):
-        """(W [3H, H], b [3H]): query, key and value stacked into one GEMM, for inference only (no grad
-        wanted) and only when all three are plain or merged-adapter weights; else None. One [T, 3H] GEMM
-        reads x once and keeps the CPU's GEMM busy on a 3x wider output than three [T, H] ones. Cached
-        until a source changes: the cache holds the source tensors themselves, so identity plus version
-        counter is an exact key (an optimiser step or a re-merge makes a new version or a new tensor)."""
-        if torch.is_grad_enabled():
-            return None
-        mods = (self.attention.self.query, self.attention.self.key, self.attention.self.value)
-        ws = [m.weight if type(m) is nn.Linear else getattr(m, "inference_weight", lambda: None)() for m in mods]
-        bs = [m.bias for m in mods]
-        if any(t is None for t in ws + bs):
-            return None
-        srcs, c = ws + bs, self._qkv_cache
-        if c is None or any(a is not b for a, b in zip(c[0], srcs)) or c[1] != [t._version for t in srcs]:
-            c = self._qkv_cache = (srcs, [t._version for t in srcs], torch.cat(ws), torch.cat(bs))
-        return c[2], c[3]
 
     def forward(self, x, p: Packed, rows: torch.Tensor | None = None):  # x [T, H] -> [T, H] (or [B, H] at rows)
         T = x.shape[0]
         sa = self.attention.self
-        fused = self._qkv_weight() if rows is None else None
-        if fused is not None:                            # scoring: one GEMM for q, k and v
-            q, k, v = F.linear(x, *fused).view(T, 3, self.heads, self.head_dim).unbind(1)
-        else:
-            k, v = (m(x).view(T, self.heads, self.head_dim) for m in (sa.key, sa.value))
+        k, v = (m(x).view(T, self.heads, self.head_dim) for m in (sa.key, sa.value))
         if rows is None:
-            q = q if fused is not None else sa.query(x).view(T, self.heads, self.head_dim)
+            q = sa.query(x).view(T, self.heads, self.head_dim)
             o = varlen_attention(q, k, v, p.seqlens, None, p.cu_seqlens)
         else:  # only the rows someone reads: keys and values still come from every token
             x = x[rows]
