@@ -215,6 +215,12 @@ def test_length_expert_learns_the_length_preference_and_resumes_exactly(tiny_ber
                      if "loss" in r]
     # the scorer never sees β: the kept model's reward is the encoder's own
     assert "length_expert" not in json.loads((tmp_path / "full" / "last" / "adapter.json").read_text())["tensors"]
+    # a run saved without the expert cannot be resumed with one: said, not silently started from β = 0
+    plain = tmp_path / "plain"
+    train(TrainConfig(**{**cfg.to_dict(), "length_expert": False, "data": cfg.data, "val": cfg.val,
+                         "betas": tuple(cfg.betas)}), run_dir=plain, stop_after=2)
+    with pytest.raises(ValueError, match=r"plain/last: saved without a length expert"):
+        train(cfg, run_dir=plain)
 
 
 def test_rewardbench_scoring_uses_each_sections_slope(tiny_bert):

@@ -288,3 +288,20 @@ def test_every_shipped_recipe_loads():
         cfg = load_recipe(str(p))
         assert cfg.data, p
         assert all(bool(e.path) != bool(e.synth) for e in cfg.data + cfg.val), p
+
+
+def test_cli_resume_continues_from_the_runs_own_config(tiny_bert, tmp_path, capsys):
+    """`tinyrm train --resume RUN` rebuilds the config from RUN/config.json (the same TrainConfig) and
+    finishes the run; the closing lines name the run folder and the kept step."""
+    from tinyrm.cli import main
+    from tinyrm.recipe import load_run_config
+
+    data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
+    cfg = _cfg(tmp_path, tiny_bert, data, max_steps=6)
+    run = tmp_path / "run"
+    train(cfg, run_dir=run, stop_after=3)
+    assert load_run_config(run) == cfg
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"run folder: {run}" in out and "of 6)" in out
+    assert json.loads((run / "last" / "adapter.json").read_text())["step"] == 6

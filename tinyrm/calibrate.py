@@ -54,21 +54,6 @@ def fit_sample(pairs, n: int, seed: int) -> list:
     return random.Random(f"length-fit-{seed}").sample(list(pairs), min(n, len(pairs)))
 
 
-def fit_length_correction(rm, pairs, n: int = 600, seed: int = 0) -> dict[str, float]:
-    """Score both responses of a seeded sample of n training pairs with the raw reward; fit the slopes."""
-    if rm.mode != "pointwise":
-        raise ValueError("length correction is for pointwise models; this one is pairwise")
-    sample = fit_sample(pairs, n, seed)
-    saved, rm.length_slopes = rm.length_slopes, None          # fit on the raw reward
-    try:
-        q = [p.prompt for p in sample]
-        resp = [p.chosen for p in sample] + [p.rejected for p in sample]
-        rewards = rm.score(q * 2, resp)
-    finally:
-        rm.length_slopes = saved
-    return fit_slopes(rewards, [log_length(t) for t in resp], [p.domain for p in sample] * 2)
-
-
 def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tuple[dict, dict, dict]:
     """One scoring pass over both responses of the validation pairs and of the fitting `sample` (training
     pairs): (raw validation metrics, slopes fitted on the sample, metrics of the corrected reward).

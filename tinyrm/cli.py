@@ -13,6 +13,22 @@ def _weights(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .recipe import load_recipe, load_run_config
+    from .train import train
+
+    cfg = load_run_config(args.resume) if args.resume else load_recipe(args.recipe, args.overrides)
+    s = train(cfg, run_dir=args.resume)
+    print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
+          f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
+          f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
+    if s.get("corrected_val_score") is not None:
+        what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
+        print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
+              f"length-corrected {s['corrected_val_score']:.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser(prog="tinyrm", description="Tiny reward models: train, evaluate, score.")
@@ -25,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train a reward model from a recipe")
     t.add_argument("--recipe", default="default", help="recipe name in configs/ or a path to a .toml file")
     t.add_argument("--resume", default=None, help="a run folder to continue from its last checkpoint")
-    t.set_defaults(fn=lambda a: __import__("tinyrm.train", fromlist=["cli"]).cli(a))
+    t.set_defaults(fn=_train)
 
     e = sub.add_parser("eval", help="evaluate a trained model on RewardBench (never used for selection)")
     e.add_argument("--model", default="latest", help="run folder, model folder, or 'latest'")

@@ -155,3 +155,14 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> TrainC
             raise ValueError(f"unknown override {k!r} (fields: {', '.join(sorted(byname))})")
         setattr(cfg, key, _coerce(byname[key], v, f"override {k}"))
     return cfg
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config a run folder was started with (its config.json), e.g. to resume it."""
+    import json
+
+    raw = json.loads((Path(run_dir) / "config.json").read_text())
+    raw["data"] = [MixEntry(**e) for e in raw["data"]]
+    raw["val"] = [MixEntry(**e) for e in raw["val"]]
+    raw["betas"] = tuple(raw["betas"])
+    return TrainConfig(**raw)

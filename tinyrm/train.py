@@ -5,7 +5,8 @@
 One optimiser step = `batch_pairs` preference pairs; pairwise mode feeds both orders of every pair
 (chosen as Choice 0 and as Choice 1), so the answer position never leaks the label. Micro-batches are
 packed (no padding) up to `micro_tokens` tokens and their gradients accumulated. Validation accuracy
-(both orders averaged) picks the best checkpoint; RewardBench is never looked at here.
+(both orders averaged; pointwise with `length_correct`, the better of the raw and the length-corrected
+reward) picks the best checkpoint; RewardBench is never looked at here.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 
 from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, length_balanced, slopes_text
 from .checkpoint import find_resumable, rng_state, save_checkpoint, set_rng_state
-from .data import MixEntry, drop_overlap, load_mix, prompt_hash
+from .data import drop_overlap, load_mix, prompt_hash
 from .dora import add_dora, freeze_layers, param_summary
 from .prompts import PAIRWISE_WORDS, POINTWISE_WORDS, length_grouped_batches, pairwise_examples, pointwise_examples
-from .recipe import ROOT, TrainConfig, load_recipe, shared_dir
+from .recipe import ROOT, TrainConfig, shared_dir
 from .scorer import RewardModel, mask_logits
 from .validation import for_inference, val_domains, validate_run
 from .weights import load_encoder
@@ -205,6 +206,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
         from .adapters import load_adapter
         load_adapter(enc, ckpt / "adapter.safetensors")
         st = torch.load(ckpt / "trainer.pt", weights_only=False)
+        if (expert is not None) != ("length_expert" in st):   # else the optimiser's groups would not match
+            had = "length_expert" in st
+            raise ValueError(f"{ckpt}: saved {'with' if had else 'without'} a length expert; resume it with "
+                             f"length_expert = {str(had).lower()}")
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         set_rng_state(st["rng"])
@@ -287,24 +292,3 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir.parent / "LATEST").write_text(run_dir.name + "\n")
     return summary
-
-
-def cli(args) -> int:
-    resume = args.resume
-    if resume:
-        raw = json.loads((Path(resume) / "config.json").read_text())
-        raw["data"] = [MixEntry(**e) for e in raw["data"]]
-        raw["val"] = [MixEntry(**e) for e in raw["val"]]
-        raw["betas"] = tuple(raw["betas"])
-        cfg = TrainConfig(**raw)
-    else:
-        cfg = load_recipe(args.recipe, args.overrides)
-    s = train(cfg, run_dir=resume)
-    print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
-          f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
-          f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
-    if s.get("corrected_val_score") is not None:
-        what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
-        print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
-              f"length-corrected {s['corrected_val_score']:.4f}")
-    return 0
