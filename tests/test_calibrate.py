@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_tiny_bert
-from tinyrm.calibrate import fit_slopes, load_slopes, log_length, save_slopes
+from tinyrm.calibrate import fit_slopes, load_slopes, log_length, slopes_text
 from tinyrm.data import MixEntry
 from tinyrm.recipe import TrainConfig
 from tinyrm.scorer import RewardModel
@@ -28,7 +28,7 @@ def test_fit_slopes_hand_values(tmp_path):
     mx, mr = sum(x) / 8, sum(r) / 8
     pooled = sum((a - mx) * (b - mr) for a, b in zip(x, r)) / sum((a - mx) ** 2 for a in x)
     assert s["*"] == pytest.approx(pooled)
-    save_slopes(tmp_path, s)
+    (tmp_path / "length.json").write_text(slopes_text(s))
     assert load_slopes(tmp_path) == pytest.approx(s) and load_slopes(tmp_path / "nowhere") is None
     (tmp_path / "length.json").write_text('{"slope": 1}')
     with pytest.raises(ValueError, match=r"length\.json: not a length-correction file"):

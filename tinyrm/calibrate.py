@@ -49,46 +49,23 @@ def fit_slopes(rewards, lengths, domains) -> dict[str, float]:
     return out
 
 
+def length_term(slopes: dict[str, float], texts, domains=None) -> torch.Tensor:
+    """[N] float64: slope · log(1 + chars) per text, what the corrected reward subtracts. With `domains`,
+    each text's domain slope (a missing domain is keyed "none", as fit_slopes keys it; a domain the fit
+    never saw gets the pooled "*"); without, the pooled slope for all."""
+    keys = [(d or "none") for d in domains] if domains is not None else ["*"] * len(texts)
+    return torch.tensor([slopes.get(k, slopes["*"]) * log_length(t) for t, k in zip(texts, keys, strict=True)],
+                        dtype=torch.float64)
+
+
 def fit_sample(pairs, n: int, seed: int) -> list:
     """The seeded sample of n training pairs whose responses the slopes are fitted on."""
     return random.Random(f"length-fit-{seed}").sample(list(pairs), min(n, len(pairs)))
 
 
-def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tuple[dict, dict, dict]:
-    """One scoring pass over both responses of the validation pairs and of the fitting `sample` (training
-    pairs): (raw validation metrics, slopes fitted on the sample, metrics of the corrected reward).
-    The corrected pair logit is z − β_d·(log(1+|chosen|) − log(1+|rejected|)), exactly what the scorer's
-    corrected score() gives for the pair (the same domain key: "none" for a pair without one)."""
-    from .validation import metrics      # here: validation imports the scorer, which imports this module
-
-    if rm.mode != "pointwise":
-        raise ValueError("length correction is for pointwise models; this one is pairwise")
-    rows = list(val) + list(sample)
-    n, m = len(val), len(sample)
-    saved, rm.length_slopes = rm.length_slopes, None          # the raw reward
-    try:
-        r = torch.tensor(rm.score([p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows],
-                                  [p.domain for p in rows] * 2), dtype=torch.float64)
-    finally:
-        rm.length_slopes = saved
-    r_c, r_r = r[:n + m], r[n + m:]                                                # [n+m] each
-    lc = torch.tensor([log_length(p.chosen) for p in rows], dtype=torch.float64)
-    lr = torch.tensor([log_length(p.rejected) for p in rows], dtype=torch.float64)
-    slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), torch.cat([lc[n:], lr[n:]]), [p.domain for p in sample] * 2)
-    beta = torch.tensor([slopes.get(p.domain or "none", slopes["*"]) for p in val], dtype=torch.float64)
-    z = r_c[:n] - r_r[:n]                                                         # [n] raw pair logits
-    return metrics(z, val, select), slopes, metrics(z - beta * (lc[:n] - lr[:n]), val, select)
-
-
 def slopes_text(slopes: dict[str, float], meta: dict | None = None) -> str:
     """The contents of length.json."""
     return json.dumps({"slopes": slopes, "length": "log1p(characters)", **(meta or {})}, indent=2)
-
-
-def save_slopes(folder: Path, slopes: dict[str, float], meta: dict | None = None) -> None:
-    tmp = Path(folder) / (FILE + ".tmp")
-    tmp.write_text(slopes_text(slopes, meta))
-    tmp.replace(Path(folder) / FILE)
 
 
 def load_slopes(folder: Path) -> dict[str, float] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .calibrate import load_slopes, log_length
+from .calibrate import length_term, load_slopes
 from .encoder import Encoder, packed_from_lists
 from .prompts import (DOMAIN_PREFIX, PAIRWISE_WORDS, POINTWISE_PREFIX, POINTWISE_WORDS, Specials,
                       answer_token_ids, build_pairwise, build_pointwise, resolve_prefix)
@@ -128,17 +128,14 @@ class RewardModel:
         domain, or the pooled one "*" without a domain)."""
         if self.mode != "pointwise":
             raise ValueError("score() needs a pointwise model; a pairwise model only compares (use compare())")
-        given = domains is not None
-        domains = domains or [None] * len(prompts)
+        if domains is not None and len(domains) != len(prompts):
+            raise ValueError(f"score(): {len(prompts)} prompts but {len(domains)} domains")
         pre = POINTWISE_PREFIX if self.prefix == "domain" else resolve_prefix(self.prefix)
         exs = [build_pointwise(self.enc.tokenizer, self.sp, q, r, pre, self.max_len)
-               for q, r, d in zip(prompts, responses, domains, strict=True)]
+               for q, r in zip(prompts, responses, strict=True)]
         r = self._logits(exs)
         if self.length_slopes:
-            # the fit keys domainless rows as "none" (calibrate.fit_slopes); a call without domains, or a
-            # domain the fit never saw, gets the pooled slope
-            s, keys = self.length_slopes, [(d or "none") if given else "*" for d in domains]
-            r = r - torch.tensor([s.get(k, s["*"]) * log_length(t) for t, k in zip(responses, keys)])
+            r = r - length_term(self.length_slopes, responses, domains).float()
         return r.tolist()
 
     def compare_logits(self, prompts, responses_a, responses_b, domains=None) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from tinyrm.kernels.bt_loss import bradley_terry_loss
 
-from .calibrate import validate_with_correction
+from .calibrate import fit_slopes, length_term, log_length
 from .recipe import TrainConfig
 from .scorer import RewardModel
 
@@ -58,6 +58,30 @@ def for_inference(enc, autocast=None):
             yield
     finally:
         enc.train(was)
+
+
+def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tuple[dict, dict, dict]:
+    """One scoring pass over both responses of the validation pairs and of the fitting `sample` (training
+    pairs): (raw validation metrics, slopes fitted on the sample, metrics of the corrected reward). The
+    corrected pair logit subtracts calibrate.length_term from each side: exactly the scorer's corrected
+    score() difference for the pair."""
+    if rm.mode != "pointwise":
+        raise ValueError("length correction is for pointwise models; this one is pairwise")
+    rows, n = list(val) + list(sample), len(val)
+    saved, rm.length_slopes = rm.length_slopes, None          # the raw reward
+    try:
+        r = torch.tensor(rm.score([p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows],
+                                  [p.domain for p in rows] * 2), dtype=torch.float64)
+    finally:
+        rm.length_slopes = saved
+    r_c, r_r = r[:len(rows)], r[len(rows):]                                     # [n + m] each
+    fit = list(sample) * 2
+    slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), [log_length(t) for t in [p.chosen for p in sample] +
+                                                         [p.rejected for p in sample]], [p.domain for p in fit])
+    doms = [p.domain for p in val]
+    z = r_c[:n] - r_r[:n]                                                         # [n] raw pair logits
+    zc = z - (length_term(slopes, [p.chosen for p in val], doms) - length_term(slopes, [p.rejected for p in val], doms))
+    return metrics(z, val, select), slopes, metrics(zc, val, select)
 
 
 def validate_run(enc, cfg: TrainConfig, val, fit_pairs=None) -> tuple[dict, float, dict | None]:
