@@ -144,3 +144,74 @@ def test_bert_scoring_takes_the_fused_path_with_merged_adapters(minilm_path, mon
         got = enc.encode(ids)
     assert len(calls) == enc.config.num_layers
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n, rows", [(10, 3), (9, 3), (4, 4), (3, 8), (7, 0)])
+def test_by_rows_equals_one_call(n, rows):
+    """by_rows(fn, ...) == fn(...) for a row-wise fn, whatever the remainder; every row computed once."""
+    from tinyrm.kernels import by_rows
+
+    g = torch.Generator().manual_seed(n)
+    x, y = torch.randn(n, 5, generator=g), torch.randn(n, 5, generator=g)
+    seen = []
+
+    def fn(a, b):
+        seen.append(a.shape[0])
+        return torch.cat([a * b, a - b], dim=1)                 # [m, 10]: output wider than input
+    out = by_rows(fn, x, y, rows=rows)
+    torch.testing.assert_close(out, torch.cat([x * y, x - y], dim=1), rtol=0, atol=0)
+    assert sum(seen) == n and (rows <= 0 or max(seen) <= rows)
+    assert len(seen) == (1 if rows <= 0 or n <= rows else -(-n // rows))
+
+
+def test_needs_grad_follows_autograd():
+    from tinyrm.kernels import needs_grad
+
+    lin = torch.nn.Linear(3, 3)
+    x = torch.randn(2, 3)
+    assert needs_grad(lin, x)                                    # trainable weights
+    lin.requires_grad_(False)
+    assert not needs_grad(lin, x)                                # frozen layer, plain input
+    assert needs_grad(lin, x.requires_grad_())                   # gradient flows through to the input
+    with torch.no_grad():
+        assert not needs_grad(lin, x)
+
+
+def test_bert_chunked_layers_match_whole_and_transformers(minilm_path, monkeypatch):
+    """With chunks smaller than the batch (uneven remainder), BERT's packed forward still matches
+    transformers and the unchunked forward; with gradients wanted it runs whole (same gradients)."""
+    from transformers import BertModel
+    import tinyrm
+    import tinyrm.kernels.chunked as ch
+    from tinyrm.encoder import packed_from_lists
+
+    enc = tinyrm.load_encoder(minilm_path).eval()
+    g = torch.Generator().manual_seed(3)
+    lens = [37, 12, 50, 50, 8]
+    seqs = [torch.randint(1000, 29000, (n,), generator=g).tolist() for n in lens]
+    p = packed_from_lists(seqs, [[0] * n for n in lens])
+    calls = []
+    tail = type(enc.layers[0]).tail
+    monkeypatch.setattr(type(enc.layers[0]), "tail", lambda self, x, o: calls.append(x.shape[0]) or tail(self, x, o))
+    with torch.no_grad():
+        monkeypatch.setattr(ch, "ROWS", 0)
+        whole = enc.encode_packed(p)
+        monkeypatch.setattr(ch, "ROWS", 23)
+        calls.clear()
+        chunked = enc.encode_packed(p)
+    assert max(calls) == 23 and sum(calls) == sum(lens) * enc.config.num_layers   # really chunked
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)   # GEMMs of other M may round differently
+    ref = BertModel.from_pretrained(minilm_path).eval()
+    with torch.no_grad():
+        theirs = torch.cat([ref(input_ids=torch.tensor([s])).last_hidden_state[0] for s in seqs])
+    torch.testing.assert_close(chunked, theirs, atol=5e-5, rtol=0)
+    # autograd: trainable layers run whole (one tail call per layer) and give the unchunked gradients
+    calls.clear()
+    out = enc.encode_packed(p)
+    assert calls == [sum(lens)] * enc.config.num_layers
+    out.square().sum().backward()
+    g1 = enc.layers[3].output.dense.weight.grad.clone()
+    enc.zero_grad()
+    monkeypatch.setattr(ch, "ROWS", 0)
+    enc.encode_packed(p).square().sum().backward()
+    torch.testing.assert_close(g1, enc.layers[3].output.dense.weight.grad, rtol=0, atol=0)

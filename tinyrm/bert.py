@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyrm.kernels import linear_gelu, row_attention, varlen_attention
+from tinyrm.kernels import by_rows, linear_gelu, needs_grad, row_attention, varlen_attention
 
 from .config import EncoderConfig
 from .encoder import Encoder, Packed
@@ -66,12 +66,18 @@ class Layer(nn.Module):
             x = x[rows]
             q = sa.query(x).view(-1, self.heads, self.head_dim)
             o = row_attention(q, k, v, p.seqlens, p.positions[rows])
+        o = o.flatten(1)                                                                 # [., H]
+        if needs_grad(self, x, o):
+            return self.tail(x, o)
+        return by_rows(self.tail, x, o)  # no autograd: in chunks, so the [., I] activation stays in cache
+
+    def tail(self, x, o):  # residual x, attention output o [N, H] -> layer output [N, H]; per token
         ao = self.attention.output
-        x = ao.LayerNorm(x + ao.dense(o.flatten(1)))
+        x = ao.LayerNorm(x + ao.dense(o))
         up = self.intermediate.dense
         # plain or merged weights: one fused GEMM + GELU when scoring; an unmerged adapter: its own forward
         w = up.weight if type(up) is nn.Linear else getattr(up, "inference_weight", lambda: None)()
-        h = linear_gelu(x, w, up.bias) if w is not None else F.gelu(up(x))             # [., I]
+        h = linear_gelu(x, w, up.bias) if w is not None else F.gelu(up(x))             # [N, I]
         return self.output.LayerNorm(x + self.output.dense(h))
 
 
