@@ -36,6 +36,14 @@ def test_geglu_float64():
     a, g = x[:, :5], x[:, 5:]
     ref = 0.5 * a * (1 + torch.erf(a / math.sqrt(2))) * g
     torch.testing.assert_close(geglu(x), ref)
+    with torch.no_grad():                                  # the in-place path (no autograd)
+        torch.testing.assert_close(geglu(x), ref)
+    # with autograd: the gradient of gelu(a)·g by hand, and x itself is left untouched
+    xg = x.clone().requires_grad_()
+    geglu(xg).sum().backward()
+    dgelu = 0.5 * (1 + torch.erf(a / math.sqrt(2))) + a * torch.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    torch.testing.assert_close(xg.grad, torch.cat([dgelu * g, ref / g], dim=1))
+    torch.testing.assert_close(xg.detach(), x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("window", [None, 2, 5])
