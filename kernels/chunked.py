@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-ROWS = 1024  # tokens per chunk; 0 turns chunking off (bench/README.md has the A/B that chose it)
+ROWS = 1024  # tokens per chunk; 0 turns chunking off (bench/chunk_ab.py measured it: README "Speed")
 
 
 def by_rows(fn: Callable[..., torch.Tensor], *xs: torch.Tensor, rows: int | None = None) -> torch.Tensor:

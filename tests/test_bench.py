@@ -255,3 +255,21 @@ def test_pointwise_scoring_sides_agree_with_the_scorer(tmp_path, minilm_path):
     assert (expect - 0.5).abs().max() > 1e-4      # a random model still prefers something: the check can fail
     pw = S.bench_scoring(path, "bert", reps=1, max_len=64, batch=2, pairs=pairs, mode="pairwise")
     assert pw["sequences"] == 6 and pw["max_abs_prob_diff"] < 1e-5
+
+
+def test_chunk_ab_scores_the_same_pairs_chunked_and_whole(capsys, monkeypatch):
+    """bench/chunk_ab.py: chunks far smaller than the batch give the same probabilities (printed max |dP|),
+    one table row per chunk size, and the module's chunk size is restored afterwards."""
+    import tinyrm.kernels.chunked as ch
+    from conftest import SHARED, shared_path
+
+    shared_path("data/rewardbench/filtered.jsonl")
+    monkeypatch.setenv("TINYRM_SHARED", str(SHARED))
+    chunk_ab = importlib.import_module("chunk_ab")
+    before = ch.ROWS
+    assert chunk_ab.main(["--pairs", "2", "--reps", "1", "--rows", "0", "64"]) == 0
+    out = capsys.readouterr().out
+    assert ch.ROWS == before
+    dp = float(out.split("max |dP| = ")[1].split()[0])
+    assert dp < 1e-5
+    assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "×" in line] == ["0", "64"]
