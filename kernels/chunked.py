@@ -5,7 +5,7 @@ norm, MLP up-projection, activation, down-projection, residual, norm. Run over a
 scoring batch at once, the [T, 4H] intermediate is tens of MB (MiniLM at 10k tokens: 62 MB): the
 up-projection streams it out to memory and the down-projection streams it back. Run over chunks of
 `ROWS` tokens, it stays in the core's L2/L3 cache between the two GEMMs, and so do the residual and norm
-passes. The GEMMs stay large enough ([512, 384] x [384, 1536]) to run near their full speed.
+passes. The GEMMs stay large enough ([1024, 384] x [384, 1536]) to run near their full speed.
 
 Only without autograd (scoring, and the frozen layers of a training step): under autograd each slice's
 backward would zero-fill a full-size gradient, and the saved activations would be the same anyway.
