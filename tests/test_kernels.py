@@ -172,22 +172,9 @@ def test_by_rows_equals_one_call(n, rows):
     assert len(seen) == (1 if rows <= 0 or n <= rows else -(-n // rows))
 
 
-def test_needs_grad_follows_autograd():
-    from tinyrm.kernels import needs_grad
-
-    lin = torch.nn.Linear(3, 3)
-    x = torch.randn(2, 3)
-    assert needs_grad(lin, x)                                    # trainable weights
-    lin.requires_grad_(False)
-    assert not needs_grad(lin, x)                                # frozen layer, plain input
-    assert needs_grad(lin, x.requires_grad_())                   # gradient flows through to the input
-    with torch.no_grad():
-        assert not needs_grad(lin, x)
-
-
 def test_bert_chunked_layers_match_whole_and_transformers(minilm_path, monkeypatch):
-    """With chunks smaller than the batch (uneven remainder), BERT's packed forward still matches
-    transformers and the unchunked forward; with gradients wanted it runs whole (same gradients)."""
+    """With chunks smaller than the batch (uneven remainder), BERT's inference forward still matches
+    transformers and the unchunked forward; in grad mode (training, frozen layers too) it runs whole."""
     from transformers import BertModel
     import tinyrm
     import tinyrm.kernels.chunked as ch
@@ -213,7 +200,8 @@ def test_bert_chunked_layers_match_whole_and_transformers(minilm_path, monkeypat
     with torch.no_grad():
         theirs = torch.cat([ref(input_ids=torch.tensor([s])).last_hidden_state[0] for s in seqs])
     torch.testing.assert_close(chunked, theirs, atol=5e-5, rtol=0)
-    # autograd: trainable layers run whole (one tail call per layer) and give the unchunked gradients
+    # grad mode: every layer runs whole (one tail call each), frozen ones too, with the unchunked gradients
+    enc.layers[0].requires_grad_(False)
     calls.clear()
     out = enc.encode_packed(p)
     assert calls == [sum(lens)] * enc.config.num_layers
