@@ -10,7 +10,8 @@ passes. The GEMMs stay large enough ([1024, 384] x [384, 1536]) to run near thei
 Only at inference (grad mode off: scoring, validation). Under autograd each slice's backward would
 zero-fill a full-size gradient and the saved activations would be the same anyway; and in a training
 step's frozen layers (grad mode on, nothing to differentiate) chunks measured 0.94–0.96× in a bf16
-autocast step, because their unmerged DoRA adapters redo per-weight work for every chunk.
+autocast step: their unmerged DoRA adapters recompute the weight norm ‖W + s·BA‖ (`weight_norm()`)
+for every chunk.
 Every row goes through the same ops on the same values; only the GEMM library may block a GEMM of
 fewer rows differently, so a sum can round differently (last bits: ~1e-6 on MiniLM's hidden states).
 """
