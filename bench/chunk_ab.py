@@ -10,12 +10,11 @@ MiniLM-L6 only: ModernBERT's layers do not chunk (session 6 measured a temporary
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from inputs import minilm_path, rewardbench_sample  # also puts the repo root on sys.path
+from machine import alternate, median
 
 
 def main(argv=None) -> int:
@@ -39,17 +38,15 @@ def main(argv=None) -> int:
     def score():
         return rm.compare([q for q, _, _ in pairs], [c for _, c, _ in pairs], [r for _, _, r in pairs])
 
-    outs, times, default = {}, {r: [] for r in a.rows}, ch.ROWS
+    def set_rows(r):
+        ch.ROWS = r
+
+    default, outs = ch.ROWS, {}
     try:
         for r in a.rows:            # warm-up and the outputs' agreement
-            ch.ROWS = r
+            set_rows(r)
             outs[r] = score()
-        for _ in range(a.reps):
-            for r in a.rows:
-                ch.ROWS = r
-                t = time.perf_counter()
-                score()
-                times[r].append(time.perf_counter() - t)
+        times = alternate({r: score for r in a.rows}, a.reps, before=set_rows)
     finally:
         ch.ROWS = default
     dp = max(abs(x - y) for r in a.rows for x, y in zip(outs[r], outs[a.rows[0]]))
@@ -58,9 +55,9 @@ def main(argv=None) -> int:
     print("| rows per chunk | median s | speed-up of medians | median paired speed-up |")
     print("|---:|---:|---:|---:|")
     for r in a.rows:
-        paired = statistics.median(b / t for b, t in zip(times[base], times[r]))
-        print(f"| {r} | {statistics.median(times[r]):.3f} | "
-              f"{statistics.median(times[base]) / statistics.median(times[r]):.3f}× | {paired:.3f}× |")
+        paired = median(b / t for b, t in zip(times[base], times[r]))
+        print(f"| {r} | {median(times[r]):.3f} | "
+              f"{median(times[base]) / median(times[r]):.3f}× | {paired:.3f}× |")
     return 0
 
 

@@ -9,6 +9,6 @@ def geglu(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2I] -> [..., I]."""
     inp, gate = x.chunk(2, dim=-1)
     h = F.gelu(inp)
-    if torch.is_grad_enabled() and h.requires_grad:
+    if h.requires_grad:
         return h * gate                      # autograd needs gelu(inp) as it is
     return h.mul_(gate)                      # no autograd: reuse gelu's output, one [., I] tensor fewer

@@ -75,9 +75,9 @@ def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tu
     finally:
         rm.length_slopes = saved
     r_c, r_r = r[:len(rows)], r[len(rows):]                                     # [n + m] each
-    fit = list(sample) * 2
-    slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), [log_length(t) for t in [p.chosen for p in sample] +
-                                                         [p.rejected for p in sample]], [p.domain for p in fit])
+    fit_texts = [p.chosen for p in sample] + [p.rejected for p in sample]
+    slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), [log_length(t) for t in fit_texts],
+                        [p.domain for p in sample] * 2)
     doms = [p.domain for p in val]
     z = r_c[:n] - r_r[:n]                                                         # [n] raw pair logits
     zc = z - (length_term(slopes, [p.chosen for p in val], doms) - length_term(slopes, [p.rejected for p in val], doms))
