@@ -259,7 +259,8 @@ def test_pointwise_scoring_sides_agree_with_the_scorer(tmp_path, minilm_path):
 
 def test_chunk_ab_scores_the_same_pairs_chunked_and_whole(capsys, monkeypatch):
     """bench/chunk_ab.py: chunks far smaller than the batch give the same probabilities (printed max |dP|),
-    one table row per chunk size, and the module's chunk size is restored afterwards."""
+    one table row per chunk size, and the module's chunk size is restored afterwards; likewise for
+    token budgets per batch."""
     import tinyrm.kernels.chunked as ch
     from conftest import SHARED, shared_path
 
@@ -273,3 +274,10 @@ def test_chunk_ab_scores_the_same_pairs_chunked_and_whole(capsys, monkeypatch):
     dp = float(out.split("max |dP| = ")[1].split()[0])
     assert dp < 1e-5
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "×" in line] == ["0", "64"]
+    # the batch-budget knob: a 200-token budget splits the 4 sequences into several batches, same answers
+    assert chunk_ab.main(["--pairs", "2", "--reps", "1", "--tokens", "16384", "200"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("max |dP| = ")[1].split()[0]) < 1e-5
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "×" in line]
+    assert [r[1].strip() for r in rows] == ["16384", "200"]
+    assert "| tokens per batch |" in out and "minor page faults per call" in out

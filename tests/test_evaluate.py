@@ -64,3 +64,74 @@ def test_bfloat16_scoring_tracks_float32(tmp_path, minilm_path):
     z16 = RewardModel(tinyrm.load_encoder(folder, dtype=torch.bfloat16), max_len=64).compare_logits(prompts, a, b)
     assert z16.dtype == torch.float32 and not torch.equal(z16, z32)  # really ran in bf16
     torch.testing.assert_close(z16, z32, atol=0.05 * z32.abs().max().item() + 1e-2, rtol=0)
+
+
+def _widest_per_token(enc, lengths):
+    """The most features per token of any tensor an inference forward creates, seen through the
+    dispatcher (every op's outputs), on a packed batch of the given sequence lengths."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from tinyrm.encoder import packed_from_lists
+
+    class Widest(TorchDispatchMode):
+        most = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Widest.most = max(Widest.most, t.numel())
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1000, 2000, (n,), generator=g).tolist() for n in lengths]
+    p = packed_from_lists(seqs, [[0] * n for n in lengths])
+    rows = p.cu_seqlens[:-1] + torch.tensor([n - 2 for n in lengths])
+    with torch.inference_mode(), Widest():
+        enc.encode_packed(p, rows)
+    return Widest.most / sum(lengths)
+
+
+@pytest.mark.parametrize("arch", ["modernbert", "bert"])
+def test_widest_features_is_the_widest_inference_activation(arch, tiny_modernbert, minilm_path, tmp_path,
+                                                            monkeypatch):
+    """widest_features() (what the CPU batch budget divides by) is exactly the widest per-token tensor a
+    forward creates: ModernBERT's Wqkv / Wi outputs; BERT's [T, H] (its MLP runs in row chunks)."""
+    import tinyrm.kernels.chunked as ch
+    if arch == "modernbert":
+        enc = tinyrm.load_encoder(tiny_modernbert[0])
+        c = enc.config
+        assert enc.widest_features() == max(3 * c.hidden_size, 2 * c.intermediate_size)
+    else:
+        enc = tinyrm.load_encoder(write_tiny_bert(tmp_path / "b", minilm_path, layers=2))
+        monkeypatch.setattr(ch, "ROWS", 8)      # [8, I] chunks are narrower than [T, H] at T = 60
+        assert enc.widest_features() == enc.config.hidden_size
+    assert _widest_per_token(enc, [25, 20, 15]) == enc.widest_features()
+
+
+def test_cpu_batch_budget_keeps_activations_small_and_scores_unchanged(tiny_modernbert, minilm_path, monkeypatch):
+    """On CPU the default batch holds CPU_ACTIVATION_BYTES // (widest_features × 4) tokens (capped at the
+    GPU default), and cutting a scoring run into such batches leaves every probability as it was."""
+    import torch
+    from tinyrm import scorer
+    mb = tinyrm.load_encoder(tiny_modernbert[0])
+    assert scorer.default_max_tokens(mb) == min(scorer.GPU_MAX_TOKENS,
+                                                scorer.CPU_ACTIVATION_BYTES // (mb.widest_features() * 4))
+    assert scorer.default_max_tokens(tinyrm.load_encoder(minilm_path)) == 16384   # 24 MB / (384 × 4 B)
+    prompts = [f"Question {i}: " + "word " * (5 * i) for i in range(6)]
+    a, b = ["A fine answer."] * 6, ["No."] * 6
+    seen = []                                                  # tokens per packed forward
+
+    def counting(enc, examples, vocab):
+        seen.append([len(e.input_ids) for e in examples])
+        return mask_logits(enc, examples, vocab)
+    mask_logits = scorer.mask_logits
+    monkeypatch.setattr(scorer, "mask_logits", counting)
+    rm = RewardModel(mb, max_len=128, max_tokens=60)
+    small = rm.compare_logits(prompts, a, b)
+    assert len(seen) > 2 and all(sum(s) <= 60 or len(s) == 1 for s in seen)
+    seen.clear()
+    rm.max_tokens = 1 << 20
+    whole = rm.compare_logits(prompts, a, b)
+    assert len(seen) == 1 and len(seen[0]) == 12               # both orders of six pairs, one forward
+    torch.testing.assert_close(small, whole, atol=1e-5, rtol=0)

@@ -108,6 +108,10 @@ class Bert(Encoder):
     def head_modules(self):
         return [self.cls.predictions.transform, self.cls.predictions.decoder]
 
+    def widest_features(self) -> int:
+        # q, k and v are separate [T, H] projections, and the [T, I] MLP runs in chunks at inference
+        return self.config.hidden_size
+
     def embed_packed(self, p: Packed):
         return self.bert.embeddings(p)
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--data", default=None, help="RewardBench jsonl (default: ../shared/data/rewardbench/filtered.jsonl) "
                                                 "or any preference file")
     e.add_argument("--out", default=None, help="where to write the JSON result (default: the run folder)")
-    e.add_argument("--batch-tokens", type=int, default=16384)
+    e.add_argument("--batch-tokens", type=int, default=None,
+                   help="tokens per scoring batch (default: 16384 on GPU; on CPU sized to the model, see scorer.py)")
     e.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="bfloat16 runs ~2.5x faster on CPUs with AMX, with small score differences")
     e.set_defaults(fn=lambda a: __import__("tinyrm.evaluate", fromlist=["cli"]).cli(a))

@@ -89,6 +89,12 @@ class Encoder(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
+    def widest_features(self) -> int:
+        """Features per token of the widest activation a layer allocates whole at inference (the scorer
+        sizes CPU batches by it). Default: the fused QKV or MLP input projection, whichever is wider."""
+        c = self.config
+        return max(3 * c.hidden_size, 2 * c.intermediate_size)
+
     # ---- packed API (what the trainer and scorer call) ----
     def encode_packed(self, p: Packed, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Packed batch -> final hidden states [T, H]; or [B, H] at `rows`, one per sequence in order
