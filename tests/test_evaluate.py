@@ -120,12 +120,11 @@ def test_cpu_batch_budget_keeps_activations_small_and_scores_unchanged(tiny_mode
     assert scorer.default_max_tokens(tinyrm.load_encoder(minilm_path)) == 16384   # 24 MB / (384 × 4 B)
     prompts = [f"Question {i}: " + "word " * (5 * i) for i in range(6)]
     a, b = ["A fine answer."] * 6, ["No."] * 6
-    seen = []                                                  # tokens per packed forward
+    seen, real = [], scorer.mask_logits                        # tokens of each packed forward
 
     def counting(enc, examples, vocab):
         seen.append([len(e.input_ids) for e in examples])
-        return mask_logits(enc, examples, vocab)
-    mask_logits = scorer.mask_logits
+        return real(enc, examples, vocab)
     monkeypatch.setattr(scorer, "mask_logits", counting)
     rm = RewardModel(mb, max_len=128, max_tokens=60)
     small = rm.compare_logits(prompts, a, b)
