@@ -6,8 +6,8 @@ process, reps interleaved; medians, per-rep paired speed-ups and the minor page 
     .venv/bin/python bench/chunk_ab.py --model modernbert --pairs 8 --reps 11 --tokens 16384 2730
 
 Row counts: 0 = one call over the whole batch (no chunking); they apply to MiniLM-L6 only, as
-ModernBERT's layers do not chunk (session 6 measured a temporary chunked version at 0.98–1.01×, see the
-README's "Speed"). Token budgets: RewardModel.max_tokens. The first value is the baseline.
+ModernBERT's layers do not chunk (a chunked version measured 0.98–1.01× in commit 3efbdb2; see
+docs/decisions.md). Token budgets: RewardModel.max_tokens. The first value is the baseline.
 """
 from __future__ import annotations
 
