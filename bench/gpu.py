@@ -11,7 +11,7 @@ tables.py):
   * training step throughput (tokens/s) and peak memory: DoRA on the same targets, the same bottom layers
     frozen, fp32 master weights under bf16 autocast on both sides, AdamW;
   * utilisation: model FLOP/s ÷ the measured bf16 matmul peak (8192² torch.mm, best of several).
-Inputs are RewardBench / UltraFeedback token sequences when ../shared (or ./shared, $TINYRM_SHARED) is
+Inputs are RewardBench / UltraFeedback token sequences when the data root (tinyrm/paths.py, or ./shared/data) is
 present, else random ids with the token lengths recorded in bench/results/lengths.json (the timing
 depends only on the lengths). Writes bench/results/gpu.md (and --json).
 """
@@ -53,7 +53,7 @@ def pair_lengths(kind: str, n: int, seed: int, max_len: int) -> tuple[list[int],
 def scoring_inputs(tok, sp, a):
     """(pre-tokenised examples with both orders adjacent, description)."""
     from tinyrm.prompts import DOMAIN_PREFIX
-    rb = I.find_shared(I.REWARDBENCH)
+    rb = I.find_data(I.REWARDBENCH)
     if rb is not None and a.real_tokenizer and not a.synthetic:
         pairs = I.rewardbench_sample(a.pairs, a.seed, rb)
         return I.build_pair_examples(tok, sp, pairs, DOMAIN_PREFIX["chat"], a.max_len), f"RewardBench ({rb})"
@@ -62,7 +62,7 @@ def scoring_inputs(tok, sp, a):
 
 
 def training_inputs(tok, sp, a):
-    tr = I.find_shared(I.TRAIN_FILE)
+    tr = I.find_data(I.TRAIN_FILE)
     if tr is not None and a.real_tokenizer and not a.synthetic:
         return I.train_sample(tok, sp, a.train_pairs, a.train_max_len, a.seed, tr), f"UltraFeedback ({tr})"
     lens, how = pair_lengths("train", a.train_pairs, a.seed, a.train_max_len)
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     peaks = [M.matmul_peak(a.device, dtype, n=a.mm_n, reps=10, inner=10 if a.device == "cuda" else 2)]
     log(t0, f"{dname} matmul peak {peaks[0] / 1e12:.1f} TFLOP/s")
 
-    from tinyrm.prompts import Specials, load_tokenizer
+    from tinyrm.tokens import Specials, load_tokenizer
     with tempfile.TemporaryDirectory(prefix="tinyrm-gpu-") as tmp:
         tok_json = None if a.minimal_tokenizer else I.find_tokenizer()
         a.real_tokenizer = tok_json is not None

@@ -30,29 +30,29 @@ SHAPES = {
 
 # --------------------------------------------------------------------------- data
 
-def shared_candidates() -> list[Path]:
-    out = []
-    if os.environ.get("TINYRM_SHARED"):
-        out.append(Path(os.environ["TINYRM_SHARED"]))
-    return out + [ROOT / "shared", ROOT.parent / "shared"]
+def data_candidates() -> list[Path]:
+    """tinyrm's data root (TINYRM_DATA, ./data, ../shared/data), then ./shared/data in the repository
+    (where a copy of the working tree on a GPU machine carries it)."""
+    from tinyrm.paths import data_root
+    return [data_root(), ROOT / "shared" / "data"]
 
 
-def find_shared(rel: str) -> Path | None:
-    for base in shared_candidates():
+def find_data(rel: str) -> Path | None:
+    for base in data_candidates():
         if (base / rel).is_file():
             return base / rel
     return None
 
 
-REWARDBENCH = "data/rewardbench/filtered.jsonl"
-TRAIN_FILE = "data/train/ultrafeedback-train.jsonl"
+REWARDBENCH = "rewardbench/filtered.jsonl"
+TRAIN_FILE = "train/ultrafeedback-train.jsonl"
 
 
 def rewardbench_sample(n: int, seed: int = 0, path: Path | None = None) -> list[tuple[str, str, str]]:
     """A fixed seeded sample of n RewardBench pairs (prompt, chosen, rejected), kept in file order."""
-    path = path or find_shared(REWARDBENCH)
+    path = path or find_data(REWARDBENCH)
     if path is None:
-        raise FileNotFoundError(f"{REWARDBENCH} not found under {[str(p) for p in shared_candidates()]}")
+        raise FileNotFoundError(f"{REWARDBENCH} not found under {[str(p) for p in data_candidates()]}")
     rows = [json.loads(line) for line in Path(path).open(encoding="utf-8") if line.strip()]
     idx = sorted(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
     return [(rows[i]["prompt"], rows[i]["chosen"], rows[i]["rejected"]) for i in idx]
@@ -62,9 +62,9 @@ def train_sample(tok, sp, n_pairs: int, max_len: int, seed: int = 0, path: Path 
     """n_pairs seeded UltraFeedback pairs as pairwise examples, both orders: [(Example, label), ...]."""
     from tinyrm.data import read_pairs
     from tinyrm.prompts import DOMAIN_PREFIX, pairwise_examples
-    path = path or find_shared(TRAIN_FILE)
+    path = path or find_data(TRAIN_FILE)
     if path is None:
-        raise FileNotFoundError(f"{TRAIN_FILE} not found under {[str(p) for p in shared_candidates()]}")
+        raise FileNotFoundError(f"{TRAIN_FILE} not found under {[str(p) for p in data_candidates()]}")
     pairs, _ = read_pairs(path, skip_bad=True)
     chosen = random.Random(seed).sample(pairs, min(n_pairs, len(pairs)))
     return [ex for p in chosen for ex in pairwise_examples(tok, sp, p, DOMAIN_PREFIX["chat"], max_len)]
@@ -172,7 +172,8 @@ LENGTHS_FILE = ROOT / "bench" / "results" / "lengths.json"
 def write_lengths(path: Path = LENGTHS_FILE, n_rb: int = 512, n_train: int = 256, max_len: int = 512, seed: int = 0):
     """Token lengths (MiniLM tokenizer, pairwise template, max_len) of a seeded RewardBench sample and of
     UltraFeedback training pairs: what bench/gpu.py times on a machine without ../shared."""
-    from tinyrm.prompts import DOMAIN_PREFIX, Specials, load_tokenizer
+    from tinyrm.prompts import DOMAIN_PREFIX
+    from tinyrm.tokens import Specials, load_tokenizer
     tok = load_tokenizer(minilm_path())
     sp = Specials.from_tokenizer(tok)
     rb = build_pair_examples(tok, sp, rewardbench_sample(n_rb, seed), DOMAIN_PREFIX["chat"], max_len)

@@ -64,7 +64,7 @@ def train_worker(a) -> dict:
         tr = S.TinyrmTrainer(a.path, a.rank, a.alpha, targets, a.frozen)
     else:
         tr = S.RefTrainer(a.path, a.arch, a.rank, a.alpha, targets, a.frozen)
-    from tinyrm.prompts import load_tokenizer
+    from tinyrm.tokens import load_tokenizer
     batch = I.train_sample(load_tokenizer(Path(a.path)), tr.sp, a.pairs, a.max_len, a.seed)
     lengths = [len(e) for e, _ in batch]
     gc.collect()

@@ -70,6 +70,24 @@ def tinyrm_score(rm, pairs=None, examples=None) -> torch.Tensor:
     return pair_probability(rm._logits(examples), rm.mode)
 
 
+
+def collate(examples: list, pad_id: int, labels: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """The reference side's input: right-pad to the longest: input_ids, attention_mask, token_type_ids [B, L], mask_pos [B] (+ labels)."""
+    L = max(len(e) for e in examples)
+    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
+    att = torch.zeros((len(examples), L), dtype=torch.long)
+    tt = torch.zeros((len(examples), L), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        att[i, :n] = 1
+        tt[i, :n] = torch.tensor(e.token_type_ids)
+    out = {"input_ids": ids, "attention_mask": att, "token_type_ids": tt,
+           "mask_pos": torch.tensor([e.mask_pos for e in examples], dtype=torch.long)}
+    if labels is not None:
+        out["labels"] = torch.tensor(labels, dtype=torch.long)
+    return out
+
 class RefScorer:
     """The obvious transformers implementation: padded batches of `batch` sequences in dataset order,
     the full MLM head over every position, then the mask position's two answer logits."""
@@ -83,7 +101,6 @@ class RefScorer:
 
     @torch.inference_mode()
     def logits(self, examples) -> torch.Tensor:
-        from tinyrm.prompts import collate
         out = []
         for i in range(0, len(examples), self.batch):
             b = {k: v.to(self.device) for k, v in collate(examples[i:i + self.batch], self.sp.pad_id).items()}
@@ -118,7 +135,7 @@ class TinyrmTrainer:
     def __init__(self, path, rank, alpha, targets, frozen, device="cpu", autocast_dtype=None, lr=5e-4):
         from tinyrm import load_encoder
         from tinyrm.dora import add_dora, freeze_layers
-        from tinyrm.prompts import PAIRWISE_WORDS, Specials, answer_token_ids
+        from tinyrm.tokens import PAIRWISE_WORDS, Specials, answer_token_ids
         self.enc = load_encoder(path, device=device)
         add_dora(self.enc, rank, alpha, targets, use_dora=True)
         freeze_layers(self.enc, frozen)
@@ -155,7 +172,7 @@ class RefTrainer:
 
     def __init__(self, path, arch, rank, alpha, targets, frozen, device="cpu", autocast_dtype=None, lr=5e-4):
         from peft import LoraConfig, get_peft_model
-        from tinyrm.prompts import PAIRWISE_WORDS, Specials, answer_token_ids, load_tokenizer
+        from tinyrm.tokens import PAIRWISE_WORDS, Specials, answer_token_ids, load_tokenizer
         base = load_reference(path, arch, device)
         self.arch = arch
         self.model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
@@ -178,7 +195,6 @@ class RefTrainer:
         return sum(p.numel() for p in self.params)
 
     def step(self, batch) -> float:
-        from tinyrm.prompts import collate
         b = {k: v.to(self.device) for k, v in collate([e for e, _ in batch], self.sp.pad_id,
                                                        [y for _, y in batch]).items()}
         kw = {"token_type_ids": b["token_type_ids"]} if self.arch == "bert" else {}

@@ -1,19 +1,8 @@
 """Token-chunked execution of a per-token block at inference, so its widest activation stays in cache.
 
-After attention, the rest of an encoder layer treats every token alone: output projection, residual,
-norm, MLP up-projection, activation, down-projection, residual, norm. Run over all T packed tokens of a
-scoring batch at once, the [T, 4H] intermediate is tens of MB (MiniLM at 10k tokens: 62 MB): the
-up-projection streams it out to memory and the down-projection streams it back. Run over chunks of
-`ROWS` tokens, it stays in the core's L2/L3 cache between the two GEMMs, and so do the residual and norm
-passes. The GEMMs stay large enough ([1024, 384] x [384, 1536]) to run near their full speed.
-
-Only at inference (grad mode off: scoring, validation). Under autograd each slice's backward would
-zero-fill a full-size gradient and the saved activations would be the same anyway; and in a training
-step's frozen layers (grad mode on, nothing to differentiate) chunks measured 0.94–0.96× in a bf16
-autocast step: their unmerged DoRA adapters recompute the weight norm ‖W + s·BA‖ (`weight_norm()`)
-for every chunk.
-Every row goes through the same ops on the same values; only the GEMM library may block a GEMM of
-fewer rows differently, so a sum can round differently (last bits: ~1e-6 on MiniLM's hidden states).
+After attention, an encoder layer treats every token alone (output projection, norms, MLP); run in chunks
+of `ROWS` tokens, the [rows, 4H] MLP intermediate stays in cache between its two GEMMs. Only with grad
+mode off: under autograd the saved activations are the same anyway. Measurements: bench/README.md.
 """
 from __future__ import annotations
 
@@ -21,7 +10,7 @@ from typing import Callable
 
 import torch
 
-ROWS = 1024  # tokens per chunk; 0 turns chunking off (bench/chunk_ab.py measured it: README "Speed")
+ROWS = 1024  # tokens per chunk; 0 turns chunking off (chosen by bench/chunk_ab.py)
 
 
 def by_rows(fn: Callable[..., torch.Tensor], *xs: torch.Tensor, rows: int | None = None) -> torch.Tensor:

@@ -23,8 +23,3 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     c, s = cos[:, None, :half], sin[:, None, :half]  # the two halves of cos/sin are equal by construction
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
 
-
-def packed_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """cu_seqlens [B+1] -> position of every packed token inside its own sequence, [T]."""
-    starts = torch.repeat_interleave(cu_seqlens[:-1], cu_seqlens.diff(), output_size=total)
-    return torch.arange(total, device=cu_seqlens.device) - starts

@@ -1,5 +1,5 @@
 """Shared fixtures: the real MiniLM-L6 folder, tiny random ModernBERT checkpoints written by
-transformers itself, and the shared data folder (which may be absent on a user's machine, never in CI)."""
+transformers itself, and the data root (which may be empty on a user's machine, never in CI)."""
 from __future__ import annotations
 
 import os
@@ -9,14 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinyrm.paths import data_root
+
 ROOT = Path(__file__).resolve().parents[1]
-# ../shared next to the repository, as the recipes resolve $SHARED (TINYRM_SHARED overrides both)
-SHARED = Path(os.environ.get("TINYRM_SHARED", ROOT.parent / "shared"))
+# the data root as tinyrm resolves it: TINYRM_DATA, ./data, or the offline copy ../shared/data
+DATA = data_root()
 
 
 def shared_path(rel: str) -> Path:
-    """A file under ../shared, or skip — except in CI, where its absence is a failure."""
-    p = SHARED / rel
+    """A file under the data root (`rel` relative to it), or skip — except in CI, where its absence is a
+    failure."""
+    p = DATA / rel
     if not p.exists():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{p} is missing in CI")

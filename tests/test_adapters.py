@@ -1,5 +1,5 @@
-"""Adapter files: exact round trips, errors that name the file and the key, and the PEFT export loaded by
-peft itself onto the transformers model of the same checkpoint."""
+"""Adapter files: exact round trips and errors that name the file and the key (the PEFT export is
+tinyrm/export.py's, tested in test_export.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tinyrm.adapters import checkpoint_hash, export_peft, load_adapter, save_adapter
+from tinyrm.adapters import checkpoint_hash, load_adapter, save_adapter
 from tinyrm.config import CheckpointError
 from tinyrm.dora import adapted_modules, add_dora, freeze_layers
 
 from test_dora import StandIn, randomize_adapters
+from tolerance import encoder_tol, f32_tol  # float32 bounds from the computation (tests/tolerance.py)
 
 
 def _adapted_standin(seed=0, train_base=None, k=1):
@@ -63,8 +64,8 @@ def test_round_trip_is_exact(tmp_path, train_base):
     for mod in adapted_modules(m3).values():
         mod.merge()
     load_adapter(m3, path)
-    with torch.no_grad():
-        torch.testing.assert_close(m3(IDS), m(IDS), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():               # merged vs unmerged, both float32: 4 layers + head, sums of <= 2h
+        torch.testing.assert_close(m3(IDS), m(IDS), **f32_tol(m(IDS), n_terms=32, steps=5, sides=2))
 
 
 def test_round_trip_full_finetune_without_adapters(tmp_path):
@@ -148,61 +149,6 @@ def test_checkpoint_hash(tmp_path):
     assert checkpoint_hash(tmp_path) != h
     with pytest.raises(CheckpointError, match="no \\*.safetensors"):
         checkpoint_hash(tmp_path / "nothing")
-
-
-# ---- real tinyrm ModernBERT <-> transformers + peft ----
-def _peft_logits(folder, adapter_dir, ids, mask):
-    from peft import PeftModel
-    from transformers import ModernBertForMaskedLM
-    hf = ModernBertForMaskedLM.from_pretrained(folder, attn_implementation="sdpa").eval()
-    pm = PeftModel.from_pretrained(hf, adapter_dir).eval()
-    with torch.no_grad():
-        return pm(input_ids=ids, attention_mask=mask).logits, pm
-
-
-@pytest.mark.parametrize("train_base", [False, True])
-def test_export_peft_loads_in_peft(tmp_path, tiny_modernbert, train_base):
-    import tinyrm
-    from conftest import padded_batch
-    from peft import LoraConfig, get_peft_model
-    from transformers import ModernBertForMaskedLM
-    folder, _ = tiny_modernbert
-    targets = ["Wqkv", "Wo", "Wi", "dense", "decoder"]
-    enc = tinyrm.load_encoder(folder)
-    add_dora(enc, 4, 8, targets=targets)
-    freeze_layers(enc, 2, train_base=train_base)
-    randomize_adapters(enc)
-    with torch.no_grad():
-        for n, p in enc.named_parameters():
-            if p.requires_grad and "norm" in n:
-                p.add_(0.2 * torch.randn_like(p))
-    out = export_peft(enc, tmp_path / "peft", str(folder))
-    ids, mask = padded_batch([9, 6, 12])
-    ref, pm = _peft_logits(folder, out, ids, mask)
-    enc.eval()
-    with torch.no_grad():
-        got = enc(ids, mask)
-    m = mask.bool()
-    torch.testing.assert_close(got[m], ref[m], rtol=1e-4, atol=1e-4)
-    # our key names are exactly the ones peft itself writes for the same configuration
-    cfg = json.loads((out / "adapter_config.json").read_text())
-    ours = set(load_file(out / "adapter_model.safetensors"))
-    hf = ModernBertForMaskedLM.from_pretrained(folder, attn_implementation="sdpa")
-    own = get_peft_model(hf, LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=True,
-                                        modules_to_save=cfg["modules_to_save"]))
-    own.save_pretrained(tmp_path / "own")
-    assert ours == set(load_file(tmp_path / "own" / "adapter_model.safetensors"))
-    assert (cfg["modules_to_save"] is not None) == train_base
-
-
-def test_export_peft_refuses_tied_trainable(tmp_path, tiny_modernbert):
-    import tinyrm
-    folder, _ = tiny_modernbert
-    enc = tinyrm.load_encoder(folder)
-    add_dora(enc, 2, 4, targets=["Wqkv"])
-    freeze_layers(enc, 0, train_base=True)          # the tied embedding/decoder matrix would train
-    with pytest.raises(ValueError, match="tied"):
-        export_peft(enc, tmp_path / "peft", str(folder))
 
 
 def test_real_round_trip(tmp_path, tiny_modernbert):

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tinyrm.data import (DataError, MixEntry, PreferencePair, SkipReport, drop_overlap, load_mix,
-                         prompt_hash, read_pairs, render_turns, split_validation)
+from tinyrm.data import DataError, PreferencePair, SkipReport, prompt_hash, read_pairs, render_turns
+from tinyrm.mix import MixEntry, drop_overlap, load_mix, split_validation
 
-from conftest import SHARED as _SHARED_ROOT
+from conftest import DATA as SHARED
 
-SHARED = _SHARED_ROOT / "data"
 needs_shared = pytest.mark.skipif(not SHARED.exists() and os.environ.get("CI") != "true",
                                   reason="shared data absent (fails instead under CI=true)")
 

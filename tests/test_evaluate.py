@@ -8,6 +8,7 @@ from tinyrm import evaluate
 from tinyrm.rewardbench import EXPECTED_COUNTS
 from tinyrm.scorer import RewardModel
 from conftest import write_tiny_bert
+from tolerance import reward_bound  # float32 bounds (tests/tolerance.py)
 
 
 @pytest.fixture(scope="module")
@@ -133,4 +134,5 @@ def test_cpu_batch_budget_keeps_activations_small_and_scores_unchanged(tiny_mode
     rm.max_tokens = 1 << 20
     whole = rm.compare_logits(prompts, a, b)
     assert len(seen) == 1 and len(seen[0]) == 12               # both orders of six pairs, one forward
-    torch.testing.assert_close(small, whole, atol=1e-5, rtol=0)
+    # other batches round differently: a pair logit is at most two rewards, each within reward_bound
+    torch.testing.assert_close(small, whole, atol=2 * reward_bound(mb), rtol=0)

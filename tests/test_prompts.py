@@ -1,4 +1,4 @@
-"""Cloze templates: exact token layout, the truncation rule, answer tokens, collation, length batching.
+"""Cloze templates: exact token layout, the truncation rule, answer tokens, length batching.
 
 Hand-counted cases use a WordLevel tokenizer with a whitespace pre-tokenizer (one token per word or
 punctuation run), so every expected length below is countable by eye.
@@ -10,9 +10,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from tinyrm.data import PreferencePair
-from tinyrm.prompts import (DOMAIN_PREFIX, PREFIXES, Example, Specials, TemplateTooLong, answer_token_ids,
-                            build_pairwise, build_pointwise, collate, fit_lengths, length_grouped_batches,
-                            load_tokenizer, pairwise_examples, pointwise_examples, resolve_prefix)
+from tinyrm.batching import length_grouped_batches
+from tinyrm.prompts import (DOMAIN_PREFIX, PREFIXES, Example, TemplateTooLong, build_pairwise, build_pointwise,
+                            fit_lengths, pairwise_examples, pointwise_examples, resolve_prefix)
+from tinyrm.tokens import Specials, answer_token_ids, load_tokenizer
 
 SPECIAL = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
 WORDS = ("Question : Choice 0 1 Answer Response Is the response good ? yes no Pick one . "
@@ -228,17 +229,6 @@ def test_minilm_template_and_answers():
 
 
 # ---- batching ----
-
-def test_collate_exact():
-    a = Example([1, 5, 2, 3, 2], [0, 0, 0, 1, 1], 3)
-    b = Example([1, 6, 2], [0, 0, 1], 1)
-    out = collate([a, b], pad_id=9, labels=[0, 1])
-    assert out["input_ids"].tolist() == [[1, 5, 2, 3, 2], [1, 6, 2, 9, 9]]
-    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
-    assert out["token_type_ids"].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]]
-    assert out["mask_pos"].tolist() == [3, 1] and out["labels"].tolist() == [0, 1]
-    assert all(v.dtype == torch.long for v in out.values())
-
 
 def _pair_lengths(n_pairs, seed=0):
     import random

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from tinyrm.rewardbench import (EXPECTED_COUNTS, SECTIONS, RewardBenchError, accuracy_by, check_counts,
-                                load_rewardbench, paper_metric, position_bias, score_from_correct,
-                                score_rewardbench)
+                                load_rewardbench, paper_metric, position_bias, score_from_correct)
 from tinyrm.report import markdown_table, plot_sections, write_json
 
-from conftest import SHARED
+from conftest import DATA
 
-FILTERED = SHARED / "data" / "rewardbench" / "filtered.jsonl"
+FILTERED = DATA / "rewardbench" / "filtered.jsonl"
 ALL_SUBSETS = [s for subs in SECTIONS.values() for s in subs]
 
 
@@ -41,6 +40,15 @@ def test_section_tables_match_readme():
     assert SECTIONS["Reasoning"]["math-prm"] == 984 == 6 * 164
     assert len(EXPECTED_COUNTS) == 23 and EXPECTED_COUNTS["math-prm"] == 447
     assert sum(EXPECTED_COUNTS.values()) == 2985
+
+
+def score_rewardbench(subsets, chosen, rejected):
+    """Scores -> leaderboard result the way `tinyrm eval` decides a pair: pair_logit(chosen, rejected) > 0."""
+    import torch
+
+    from tinyrm.scorer import pair_logit
+    z = pair_logit(torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64), "pointwise")
+    return score_from_correct(subsets, (z > 0).float().tolist())
 
 
 def test_ties_and_nan_count_wrong():
@@ -95,8 +103,6 @@ def test_bad_inputs_raise():
         score_from_correct(["anthropic_helpful"], [1.0])
     with pytest.raises(RewardBenchError, match="2 subset labels but 1"):
         score_from_correct(["hep-js", "hep-go"], [1.0])
-    with pytest.raises(RewardBenchError, match="rejected"):
-        score_rewardbench(["hep-js"], [1.0], [])
 
 
 def test_paper_metric_by_hand():

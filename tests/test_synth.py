@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tinyrm import synth
-from tinyrm.data import MixEntry, load_mix
+from tinyrm.mix import MixEntry, load_mix
 from tinyrm.recipe import load_recipe
 
 _EQ = re.compile(r"(\d+) (x|\+|-|/) \$?(\d+) = \$?(\d+)|2 x \((\d+) \+ (\d+)\) = (\d+)")
@@ -95,7 +95,7 @@ def test_generated_pairs_never_validate(tmp_path):
     """The validation split holds real pairs only; every generated pair goes to training."""
     import json
     from tinyrm.recipe import TrainConfig
-    from tinyrm.train import load_data
+    from tinyrm.mix import load_data
 
     real = tmp_path / "real.jsonl"
     real.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a", "rejected": "b", "domain": "chat"}) + "\n"

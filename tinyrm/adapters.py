@@ -1,8 +1,7 @@
-"""Saving adapters apart from the base: a small safetensors file + JSON sidecar, and a PEFT export.
+"""Saving adapters apart from the base: a small safetensors file + JSON sidecar.
 
     save_adapter(enc, "runs/x/adapter.safetensors", {"base_hash": checkpoint_hash(folder), "frozen_layers": 6})
     enc2 = tinyrm.load_encoder(folder); load_adapter(enc2, "runs/x/adapter.safetensors")
-    export_peft(enc, "runs/x/peft", "answerdotai/ModernBERT-base")   # PeftModel.from_pretrained reads it
 
 The adapter file holds every adapter tensor (lora_A, lora_B, magnitude — also in frozen layers, so the
 model is rebuilt exactly) plus any trainable non-adapter parameter (norms when train_base, or the upper
@@ -22,8 +21,10 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tinyrm.config import CheckpointError, read_json
-from tinyrm.dora import ADAPTER_PARAMS, DoRALinear, _encoder, adapted_modules, add_dora
+from .atomic import atomic_path, atomic_write
+from .config import read_json
+from .dora import ADAPTER_PARAMS, _encoder, adapted_modules, add_dora
+from .errors import CheckpointError
 
 FORMAT = "tinyrm-adapter"
 VERSION = 1
@@ -87,16 +88,9 @@ def _frozen_layers(model: nn.Module) -> int | None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp),
-              metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp),
+                  metadata=metadata)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -121,7 +115,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, meta: dict | None = 
     info.update(format=FORMAT, version=VERSION, **_settings(model),
                 trainable_base=sorted(_trainable_base(model)), sha256=_sha256(path).hexdigest(),
                 tensors={k: list(v.shape) for k, v in sorted(tensors.items())})
-    _atomic_write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", side)
+    atomic_write(side, json.dumps(info, indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -180,43 +174,3 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, base_hash: str | Non
             p.copy_(t)  # bumps p._version: cached norms and merged weights refresh themselves
     return info
 
-
-def export_peft(model: nn.Module, folder: str | os.PathLike, base_model_name_or_path: str) -> Path:
-    """adapter_config.json + adapter_model.safetensors that peft.PeftModel.from_pretrained loads onto the
-    transformers model of the same checkpoint. Trainable non-adapter weights go out as modules_to_save."""
-    s = _settings(model)
-    if not s:
-        raise ValueError("export_peft: the model has no adapters")
-    pre = "base_model.model."
-    peft_names = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
-    tensors = {}
-    for key, t in _adapter_keys(model).items():
-        mod, _, p = key.rpartition(".")
-        tensors[f"{pre}{mod}.{peft_names[p]}"] = t
-    # PEFT carries other trained weights only as whole modules (modules_to_save), never tied ones
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    to_save = set()
-    for name, p in _trainable_base(model).items():
-        owner = name.rpartition(".")[0]
-        if counts[id(p)] > 1 or isinstance(model.get_submodule(owner), DoRALinear):
-            raise ValueError(f"export_peft: trainable {name!r} is tied or inside an adapted layer; PEFT "
-                             "cannot carry it (freeze it, or save with save_adapter instead)")
-        to_save.add(owner)
-    for owner in sorted(to_save):
-        for k, t in model.get_submodule(owner).state_dict().items():
-            tensors[f"{pre}{owner}.{k}"] = t
-    config = {
-        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model_name_or_path,
-        "r": s["rank"], "lora_alpha": s["alpha"], "lora_dropout": s["dropout"], "use_dora": s["use_dora"],
-        "target_modules": s["modules"], "modules_to_save": sorted(to_save) or None, "bias": "none",
-        "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True, "inference_mode": True,
-        "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None, "layers_pattern": None,
-        "revision": None,
-    }
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_save(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    _atomic_write_text(json.dumps(config, indent=2) + "\n", out / "adapter_config.json")
-    return out

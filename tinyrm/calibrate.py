@@ -101,19 +101,3 @@ class LengthExpert(torch.nn.Module):
 
     def values(self) -> dict[str, float]:
         return {d: b for d, b in zip(self.domains, self.beta.tolist())}
-
-
-def length_balanced(pairs, seed: int):
-    """(pairs, n_dropped): per domain, a seeded subsample of the majority side so that pairs whose chosen
-    response is longer (in characters) are exactly as many as those where it is shorter; ties all stay.
-    Preference data usually favours the longer answer (60-70 % of the chat and reasoning files here), so a
-    model can score well by counting tokens, which fails wherever the better answer is the short one
-    (refusals, terse correct answers). Balancing removes that shortcut; the order of the rest is kept."""
-    rng, drop = random.Random(f"length-balance-{seed}"), set()
-    for dom in sorted({p.domain for p in pairs}, key=str):
-        idx = [i for i, p in enumerate(pairs) if p.domain == dom]
-        longer = [i for i in idx if len(pairs[i].chosen) > len(pairs[i].rejected)]
-        shorter = [i for i in idx if len(pairs[i].chosen) < len(pairs[i].rejected)]
-        big, small = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
-        drop.update(rng.sample(big, len(big) - len(small)))
-    return [p for i, p in enumerate(pairs) if i not in drop], len(drop)

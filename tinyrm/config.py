@@ -9,9 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the file and the key."""
+from .errors import CheckpointError
 
 
 @dataclass

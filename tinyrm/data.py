@@ -18,20 +18,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
-import random
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-
-class DataError(ValueError):
-    """A malformed row; the message starts with `file:line` and `reason` is a short category."""
-
-    def __init__(self, path, line: int, reason: str, detail: str = ""):
-        self.path, self.line, self.reason = str(path), line, reason
-        super().__init__(f"{path}:{line}: {reason}" + (f" ({detail})" if detail else ""))
+from .errors import DataError
 
 
 class RowError(ValueError):
@@ -190,6 +184,34 @@ def _stem(path: Path) -> str:
     return name
 
 
+def json_lines(path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) for every non-blank line of a .jsonl or .jsonl.gz file, read as bytes so
+    that one bad line is reported by number (decode_json); a gzip stream cut short or corrupt is a
+    DataError at the line where it broke. Memory stays bounded: one line at a time."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(path, lineno + 1, "truncated or corrupt gzip stream", str(e)) from None
+
+
+def decode_json(path, lineno: int, line: bytes):
+    """One line's JSON value, or DataError("file:line: not UTF-8" / "bad JSON")."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(path, lineno, "not UTF-8", f"byte {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, lineno, "bad JSON", str(e)) from None
+    except RecursionError:
+        raise DataError(path, lineno, "bad JSON", "nested too deeply") from None
+
+
 def read_pairs(path, skip_bad: bool = False, domain: str | None = None,
                source: str | None = None) -> tuple[list[PreferencePair], SkipReport]:
     """Read a .jsonl or .jsonl.gz file of preference rows (any mix of the four shapes).
@@ -199,128 +221,27 @@ def read_pairs(path, skip_bad: bool = False, domain: str | None = None,
     Blank lines are ignored and not counted.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     report, pairs, stem = SkipReport(str(path)), [], _stem(path)
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            report.total += 1
+    for lineno, line in json_lines(path):
+        report.total += 1
+        try:
+            obj = decode_json(path, lineno, line)
             try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, lineno, "bad JSON", str(e)) from None
-                try:
-                    p = parse_row(obj, source, domain)
-                except RowError as e:
-                    raise DataError(path, lineno, e.reason, e.detail) from None
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                report.reasons[e.reason] += 1
-                continue
-            if p.source is None:
-                p.source = stem
-            pairs.append(p)
+                p = parse_row(obj, source, domain)
+            except RowError as e:
+                raise DataError(path, lineno, e.reason, e.detail) from None
+        except DataError as e:
+            if not skip_bad:
+                raise
+            report.reasons[e.reason] += 1
+            continue
+        if p.source is None:
+            p.source = stem
+        pairs.append(p)
     return pairs, report
-
-
-# ---- mixing and splitting ----
-
-@dataclass
-class MixEntry:
-    path: str | None = None
-    weight: float = 1.0            # 2.0 = every row twice; 0.5 = a seeded half of the rows
-    domain: str | None = None      # overrides the rows' own domain
-    max_rows: int | None = None    # a seeded random subset of this many rows, before weighting
-    synth: str | None = None       # instead of a file: "math" | "code" generated pairs (tinyrm/synth.py),
-                                   # max_rows of them (default 500)
-
-
-def _rng(*parts) -> random.Random:
-    # Seeded from a digest, so the stream is the same in every Python process (no salted hash()).
-    return random.Random(int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big"))
-
-
-def weighted_sample(rows: list, weight: float, rng: random.Random) -> list:
-    """floor(weight) full copies of rows plus a random round(frac * n)-row subset for the remainder."""
-    if weight < 0 or not math.isfinite(weight):
-        raise ValueError(f"mix weight must be finite and >= 0, got {weight}")
-    whole, frac = int(weight), weight - int(weight)
-    extra = rng.sample(range(len(rows)), round(frac * len(rows)))
-    return rows * whole + [rows[i] for i in sorted(extra)]
-
-
-def _read_entry(e: MixEntry, seed: int, skip_bad: bool, part: str = "train"):
-    if e.synth:
-        from .synth import generate  # here, not at the top: synth.py imports PreferencePair from this module
-        rows = generate(e.synth, e.max_rows or 500, seed, part)
-        return rows, SkipReport(path=f"synth-{e.synth}", total=len(rows))
-    return read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
-
-
-def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False,
-             val_frac: float = 0.0, part: str = "train") -> tuple[list[PreferencePair], list[PreferencePair], list[SkipReport]]:
-    """(train, val, reports). Every file entry first gives up its validation slice: the prompts whose
-    hash (seed) is below `val_frac` (split_validation; at least one prompt per file when val_frac > 0).
-    Then the rest is subsampled to max_rows, repeated by weight and the whole mix shuffled by seed.
-
-    Carving each FILE before weighting keeps validation fixed while the weights change, so two mixes
-    are compared on the same held-out pairs; a prompt's side depends only on its text, so a prompt
-    shared by two files is held out of both. Generated (synth) entries give no validation rows, and a
-    weight-0 entry none either; a mix of validation files (part="val") draws them from synth's held-out
-    part, which shares no code function with the training part. Repeated rows are the same objects."""
-    train, val, reports = [], [], []
-    for i, e in enumerate(entries):
-        rows, rep = _read_entry(e, seed, skip_bad, part)
-        reports.append(rep)
-        if val_frac > 0 and not e.synth and e.weight > 0:
-            n_prompts = len({p.prompt.strip() for p in rows})
-            rows, held = split_validation(rows, val_frac, seed, min_rows=1 if n_prompts > 1 else 0)
-            val += held
-        rng = _rng(seed, i, str(e.path or e.synth))
-        if e.max_rows is not None and len(rows) > e.max_rows:
-            rows = [rows[j] for j in sorted(rng.sample(range(len(rows)), e.max_rows))]
-        train += weighted_sample(rows, e.weight, rng)
-    _rng(seed, "shuffle").shuffle(train)
-    return train, val, reports
 
 
 def prompt_hash(prompt: str, seed: int = 0) -> float:
     """A stable number in [0, 1) for a prompt (blake2b of the stripped text and the seed)."""
     h = hashlib.blake2b(f"{seed}\x00{prompt.strip()}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "big") / 2.0**64
-
-
-def split_validation(pairs: list[PreferencePair], frac: float = 0.05, seed: int = 0,
-                     min_rows: int = 1) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, val), grouped by prompt: every prompt whose hash is < frac goes to val, and if that gives
-    fewer than min_rows rows, further prompts in increasing hash order join it. A prompt's side depends
-    only on its text and the seed (not on the rest of the data) whenever the min_rows top-up is idle.
-    Both halves keep the input order."""
-    if not 0 <= frac < 1:
-        raise ValueError(f"frac must be in [0, 1), got {frac}")
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(pairs):
-        groups.setdefault(p.prompt.strip(), []).append(i)
-    order = sorted(groups, key=lambda q: (prompt_hash(q, seed), q))
-    val_idx, n_val = set(), 0
-    for q in order:
-        if prompt_hash(q, seed) >= frac and n_val >= min_rows:
-            break
-        val_idx.update(groups[q])
-        n_val += len(groups[q])
-    if pairs and len(val_idx) == len(pairs):
-        raise ValueError(f"validation split would take all {len(pairs)} rows ({len(groups)} prompts); "
-                         "lower frac/min_rows or add data")
-    train = [p for i, p in enumerate(pairs) if i not in val_idx]
-    val = [p for i, p in enumerate(pairs) if i in val_idx]
-    return train, val
-
-
-def drop_overlap(pairs: list[PreferencePair], prompts: set[str]) -> tuple[list[PreferencePair], int]:
-    """Drop pairs whose prompt equals one of `prompts` (e.g. RewardBench's), compared after strip()."""
-    banned = {q.strip() for q in prompts}
-    kept = [p for p in pairs if p.prompt.strip() not in banned]
-    return kept, len(pairs) - len(kept)

@@ -175,11 +175,6 @@ def merge_all(model: nn.Module) -> None:
         m.merge()
 
 
-def unmerge_all(model: nn.Module) -> None:
-    for m in adapted_modules(model).values():
-        m.unmerge()
-
-
 # ---- freezing ----
 def _encoder(model: nn.Module) -> nn.Module:
     """The module exposing layers / embeddings / head_modules (the model itself or a submodule)."""

@@ -155,6 +155,3 @@ class Encoder(nn.Module):
         rows = packed_index[(torch.arange(B, device=pos.device)[:, None] * L + pos).flatten()]
         logits = self.logits_at(h[rows], vocab_ids).view(B, pos.shape[1], -1)
         return logits[:, 0] if squeeze else logits
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

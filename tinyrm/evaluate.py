@@ -12,13 +12,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import tokenizers
 import torch
 
-from .data import read_pairs
-from .recipe import ROOT, shared_dir
+from . import __version__
+
+from .data import decode_json, json_lines, read_pairs
+from .errors import MissingData, TinyrmError
+from .paths import REWARDBENCH, data_root
+from .recipe import check_files
 from .report import markdown_table, plot_sections, write_json
-from .rewardbench import (SUBSET_SECTION, accuracy_by, check_counts, load_rewardbench, score_from_correct)
-from .scorer import RewardModel
+from .rewardbench import SUBSET_SECTION, accuracy_by, check_counts, load_rewardbench, score_from_correct
+from .scorer import RewardModel, pair_logit, pick_device
 
 SECTION_DOMAIN = {"Chat": "chat", "Chat Hard": "chat", "Safety": "safety", "Reasoning": "reasoning"}
 
@@ -26,27 +31,26 @@ SECTION_DOMAIN = {"Chat": "chat", "Chat Hard": "chat", "Safety": "safety", "Reas
 def resolve_model(name: str) -> Path:
     """'latest' -> the newest run recorded in runs/LATEST; otherwise a path."""
     if name == "latest":
-        latest = ROOT / "runs" / "LATEST"
+        latest = Path("runs") / "LATEST"
         if not latest.is_file():
-            raise FileNotFoundError("no finished run yet: run `make train` first (runs/LATEST is missing)")
-        return ROOT / "runs" / latest.read_text().strip()
+            raise MissingData(f"{latest}: no finished run yet; run `make train` (or `tinyrm train`) first")
+        return Path("runs") / latest.read_text().strip()
     return Path(name)
 
 
 def correctness(rm: RewardModel, prompts, chosen, rejected, domains):
     """Per pair: correct (strictly better; a tie is wrong) and, for pairwise models, each order's own
     verdict (order a: chosen shown as Choice 0; order b: chosen as Choice 1)."""
+    # the domains pick each section's prefix, or its length slope when the model carries a length correction
+    first, second = rm.compare_outputs(prompts, chosen, rejected, list(domains))
+    correct = (pair_logit(first, second, rm.mode) > 0).float().tolist()
     if rm.mode == "pairwise":
-        z_ab, z_ba = rm.pairwise_logits(prompts, chosen, rejected, domains)
-        avg = (z_ab - z_ba) / 2
-        return (avg > 0).float().tolist(), (z_ab > 0).float().tolist(), (z_ba < 0).float().tolist()
-    # the domains pick each section's length slope when the model carries a length correction
-    r = torch.tensor(rm.score(list(prompts) * 2, list(chosen) + list(rejected), list(domains) * 2))
-    n = len(prompts)
-    return (r[:n] > r[n:]).float().tolist(), None, None
+        return correct, (first > 0).float().tolist(), (second < 0).float().tolist()
+    return correct, None, None
 
 
-def evaluate_rewardbench(rm: RewardModel, path: Path, model_name: str, out_json: Path) -> dict:
+def evaluate_rewardbench(rm: RewardModel, path: Path, model_name: str, out_json: Path,
+                         extra: dict | None = None) -> dict:
     t0 = time.time()
     rows = load_rewardbench(path)
     check_counts(rows)
@@ -58,7 +62,7 @@ def evaluate_rewardbench(rm: RewardModel, path: Path, model_name: str, out_json:
     print(markdown_table(result))
     print(f"\n{len(rows)} pairs in {seconds:.1f} s ({len(rows) / seconds:.1f} pairs/s)")
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    write_json(result, out_json, model=model_name, pairs=len(rows), seconds=seconds)
+    write_json(result, out_json, model=model_name, pairs=len(rows), seconds=seconds, **(extra or {}))
     png = plot_sections(result, out_json.with_suffix(".png"), label=f"tinyrm {Path(model_name).name}")
     print(f"wrote {out_json}" + (f" and {png}" if png else " (matplotlib missing: no chart)"))
     return result
@@ -79,15 +83,30 @@ def evaluate_file(rm: RewardModel, path: Path) -> dict:
     return {"domain": by_domain, "source": by_source}
 
 
+def versions(device: torch.device, dtype: str) -> dict:
+    """What the result was computed with: device, dtype and library versions (recorded in the JSON)."""
+    return {"device": str(device), "dtype": dtype, "tinyrm": __version__, "torch": torch.__version__,
+            "tokenizers": tokenizers.__version__}
+
+
+def is_rewardbench(path: Path) -> bool:
+    """Whether a file's first row has RewardBench's fields (else it is read as any preference file)."""
+    for lineno, line in json_lines(path):
+        row = decode_json(path, lineno, line)
+        return isinstance(row, dict) and "subset" in row and "chosen_model" in row
+    raise TinyrmError(f"{path}: no rows")
+
+
 def cli(args) -> int:
+    data = Path(args.data) if args.data else data_root() / REWARDBENCH
+    check_files([data])
     model = resolve_model(args.model)
-    rm = RewardModel.load(model, max_tokens=args.batch_tokens, progress=True,
-                          dtype=getattr(torch, getattr(args, "dtype", "float32")))
-    data = Path(args.data) if args.data else shared_dir() / "data" / "rewardbench" / "filtered.jsonl"
-    first = data.open().readline()
-    if '"subset"' in first and '"chosen_model"' in first:
+    device = pick_device(args.device)
+    rm = RewardModel.load(model, device=device, max_tokens=args.batch_tokens, progress=True,
+                          dtype=getattr(torch, args.dtype))
+    if is_rewardbench(data):
         out = Path(args.out) if args.out else (model if model.is_dir() else Path(".")) / "rewardbench.json"
-        evaluate_rewardbench(rm, data, str(model), out)
+        evaluate_rewardbench(rm, data, str(model), out, extra=versions(device, args.dtype))
     else:
         evaluate_file(rm, data)
     return 0

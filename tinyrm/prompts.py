@@ -23,12 +23,13 @@ lengths; the template tail and the mask are never cut.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
+
+from .errors import TinyrmError
+from .tokens import PAIRWISE_WORDS, POINTWISE_WORDS, Specials, answer_token_ids, encode, encode_user
 
 PREFIXES = {
     "helpful": "Which response is the most helpful, relevant, and correct?",
@@ -42,83 +43,15 @@ PREFIXES = {
 DOMAIN_PREFIX = {"chat": PREFIXES["helpful"], "reasoning": PREFIXES["math_code"], "safety": PREFIXES["safety"]}
 POINTWISE_PREFIX = "Judge the response to the question."
 POINTWISE_QUESTION = "Is the response good? Answer:"
-PAIRWISE_WORDS = ("0", "1")
-POINTWISE_WORDS = ("yes", "no")
 
 
-class TemplateTooLong(ValueError):
+class TemplateTooLong(TinyrmError):
     """max_len cannot hold the template plus at least one token of every non-empty response."""
 
 
 def resolve_prefix(name: str) -> str:
     """A PREFIXES key, a domain name, or literal prefix text -> the prefix text."""
     return PREFIXES.get(name) or DOMAIN_PREFIX.get(name) or name
-
-
-def load_tokenizer(path) -> Tokenizer:
-    """tokenizer.json (or a folder holding one) with padding and truncation off: they are ours to do."""
-    path = Path(path)
-    tok = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
-
-
-def encode(tok: Tokenizer, text: str) -> list[int]:
-    """Ids of one text piece, no specials added, special-token strings kept as plain text."""
-    if tok.padding is not None or tok.truncation is not None:
-        raise ValueError("tokenizer pads or truncates; call tok.no_padding() and tok.no_truncation() "
-                         "(or use load_tokenizer)")
-    old = tok.encode_special_tokens
-    tok.encode_special_tokens = True
-    try:
-        return tok.encode(text, add_special_tokens=False).ids
-    finally:
-        tok.encode_special_tokens = old
-
-
-def encode_user(tok: Tokenizer, text: str) -> list[int]:
-    """User text as it follows a label in running text: stripped, one leading space; empty -> []."""
-    text = text.strip()
-    return encode(tok, " " + text) if text else []
-
-
-@dataclass
-class Specials:
-    cls_id: int
-    sep_id: int
-    mask_id: int
-    pad_id: int
-
-    NAMES = {"cls_id": ("[CLS]", "<s>", "<cls>"), "sep_id": ("[SEP]", "</s>", "<sep>"),
-             "mask_id": ("[MASK]", "<mask>"), "pad_id": ("[PAD]", "<pad>")}
-
-    @classmethod
-    def from_tokenizer(cls, tok: Tokenizer) -> "Specials":
-        ids = {}
-        for field, names in cls.NAMES.items():
-            found = [tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None]
-            if not found:
-                raise ValueError(f"tokenizer has none of {names} (needed for {field})")
-            ids[field] = found[0]
-        return cls(**ids)
-
-
-def answer_token_ids(tok: Tokenizer, words=PAIRWISE_WORDS) -> tuple[int, ...]:
-    """The id each answer word takes right after "Answer:" (for BPE the space-prefixed token)."""
-    base = encode(tok, "Answer:")
-    out = []
-    for w in words:
-        ids = encode(tok, f"Answer: {w}")
-        if len(ids) != len(base) + 1 or ids[:len(base)] != base:
-            raise ValueError(f"answer word {w!r} is not a single token after 'Answer:' "
-                             f"({tok.encode(f'Answer: {w}', add_special_tokens=False).tokens})")
-        if tok.decode([ids[-1]]).strip().lower() != w.lower():
-            raise ValueError(f"answer token for {w!r} decodes to {tok.decode([ids[-1]])!r}")
-        out.append(ids[-1])
-    if len(set(out)) != len(out):
-        raise ValueError(f"answer words {words} share a token id")
-    return tuple(out)
 
 
 @dataclass
@@ -209,74 +142,44 @@ def pointwise_examples(tok: Tokenizer, sp: Specials, pair, prefix: str = POINTWI
             (build_pointwise(tok, sp, pair.prompt, pair.rejected, prefix, max_len), 1)]
 
 
-# ---- batching ----
+@dataclass
+class Cloze:
+    """A model's prompt settings, decided in this one place: the template (`mode`), the prefix rule, the
+    length limit, and the special and answer tokens they need. Training and scoring both build their
+    examples through it, so a model is always scored with the prompts it was trained on."""
+    tok: Tokenizer
+    mode: str                       # "pairwise" (Choice 0 / 1) | "pointwise" (yes / no per response)
+    prefix: str                     # "domain": each pair's domain prefix; else a PREFIXES key or literal text
+    max_len: int
+    sp: Specials
+    words: tuple[str, ...]          # the two answer words: ("0", "1") or ("yes", "no")
+    answer_ids: tuple[int, ...]     # their token ids right after "Answer:"
 
-def collate(examples: list[Example], pad_id: int, labels: list[int] | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest: input_ids, attention_mask, token_type_ids [B, L], mask_pos [B] (+ labels)."""
-    L = max(len(e) for e in examples)
-    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
-    att = torch.zeros((len(examples), L), dtype=torch.long)
-    tt = torch.zeros((len(examples), L), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        att[i, :n] = 1
-        tt[i, :n] = torch.tensor(e.token_type_ids)
-    out = {"input_ids": ids, "attention_mask": att, "token_type_ids": tt,
-           "mask_pos": torch.tensor([e.mask_pos for e in examples], dtype=torch.long)}
-    if labels is not None:
-        out["labels"] = torch.tensor(labels, dtype=torch.long)
-    return out
+    @classmethod
+    def for_encoder(cls, enc, mode: str = "pairwise", prefix: str = "domain", max_len: int = 512) -> "Cloze":
+        if mode not in ("pairwise", "pointwise"):
+            raise ValueError(f"mode must be 'pairwise' or 'pointwise', got {mode!r}")
+        tok = enc.tokenizer
+        words = PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS
+        return cls(tok, mode, prefix, min(max_len, enc.config.max_position), Specials.from_tokenizer(tok),
+                   words, answer_token_ids(tok, words))
 
+    def prefix_for(self, domain: str | None) -> str:
+        """The prefix text for a row of this domain: pairwise "domain" prompts name the domain's criterion
+        (chat when unknown); pointwise "domain" prompts share one neutral instruction."""
+        if self.prefix != "domain":
+            return resolve_prefix(self.prefix)
+        if self.mode == "pointwise":
+            return POINTWISE_PREFIX
+        return DOMAIN_PREFIX.get(domain or "chat", DOMAIN_PREFIX["chat"])
 
-def length_grouped_batches(lengths: list[int], batch_size: int | None = None, max_tokens: int | None = None,
-                           seed: int = 0, shuffle: bool = True, group_ids: list | None = None,
-                           mega_batches: int = 50) -> list[list[int]]:
-    """Index batches of similar length, so little padding is wasted.
+    def pairwise(self, prompt: str, resp_0: str, resp_1: str, domain: str | None = None) -> Example:
+        return build_pairwise(self.tok, self.sp, prompt, resp_0, resp_1, self.prefix_for(domain), self.max_len)
 
-    Rows sharing a group id (the two orders of a pair) stay adjacent in one batch. shuffle=True: groups
-    are shuffled, cut into mega-chunks of about `mega_batches` batches, sorted by (length, position)
-    within each chunk, packed, and the batch order shuffled -- all by `seed`. shuffle=False: one global
-    sort, batches from shortest to longest (for evaluation). A batch holds at most batch_size rows, or
-    rows * its longest length <= max_tokens (a group too big for any batch is split into its rows).
-    """
-    if (batch_size is None) == (max_tokens is None):
-        raise ValueError("give exactly one of batch_size and max_tokens")
-    if group_ids is None:
-        group_ids = range(len(lengths))
-    groups: dict = {}
-    for i, g in enumerate(group_ids):
-        groups.setdefault(g, []).append(i)
-    order = list(groups.values())
-    rng = random.Random(seed)
+    def pointwise(self, prompt: str, response: str, domain: str | None = None) -> Example:
+        return build_pointwise(self.tok, self.sp, prompt, response, self.prefix_for(domain), self.max_len)
 
-    def fits(n: int, longest: int) -> bool:
-        return n <= batch_size if batch_size is not None else n * longest <= max_tokens
-
-    def pack(chunk: list[list[int]]) -> list[list[int]]:
-        chunk = sorted(chunk, key=lambda m: max(lengths[i] for i in m))  # stable: position breaks ties
-        batches, cur, longest = [], [], 0
-        for members in chunk:
-            L = max(lengths[i] for i in members)
-            units = [members] if fits(len(members), L) else [[i] for i in members]
-            for u in units:
-                if cur and not fits(len(cur) + len(u), max(longest, L)):
-                    batches.append(cur)
-                    cur, longest = [], 0
-                cur, longest = cur + u, max(longest, L)
-        return batches + ([cur] if cur else [])
-
-    if not shuffle:
-        return pack(order)
-    rng.shuffle(order)
-    batches, chunk, size = [], [], 0
-    limit = mega_batches * (batch_size if batch_size is not None else max_tokens)
-    for members in order:
-        chunk.append(members)
-        size += len(members) if batch_size is not None else sum(lengths[i] for i in members)
-        if size >= limit:
-            batches += pack(chunk)
-            chunk, size = [], 0
-    batches += pack(chunk)
-    rng.shuffle(batches)
-    return batches
+    def training_examples(self, pair) -> list[tuple[Example, int]]:
+        """A PreferencePair's labelled examples: pairwise both orders, pointwise (chosen, rejected)."""
+        make = pairwise_examples if self.mode == "pairwise" else pointwise_examples
+        return make(self.tok, self.sp, pair, self.prefix_for(pair.domain), self.max_len)

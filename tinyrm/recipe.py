@@ -1,13 +1,13 @@
 """Training recipes: one flat dataclass, read from a small TOML file, overridable from the command line.
 
 A recipe file sets any field of `TrainConfig` at its top level, plus `[[data]]` tables for the mix
-(`path`, `weight`, `domain`, `max_rows`) and `[[val]]` tables for extra validation files. Relative data
-paths are resolved against the repository root, and `$SHARED` expands to the shared data folder
-(`TINYRM_SHARED`, else `../shared` next to the repository).
+(`path`, `weight`, `domain`, `max_rows`, or `synth`) and `[[val]]` tables for extra validation files.
+`$DATA` in a path is the data root (tinyrm/paths.py); other relative paths, like `model` and `runs_dir`,
+are taken from the working directory.
 """
 from __future__ import annotations
 
-import os
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -16,15 +16,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .data import MixEntry
+from .errors import MissingData, RecipeError
+from .mix import MixEntry
+from .paths import REWARDBENCH, configs_dir, data_root, expand_data
 from .synth import KINDS as SYNTH_KINDS
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("TINYRM_SHARED", ROOT.parent / "shared"))
 
 
 @dataclass
@@ -41,6 +36,7 @@ class TrainConfig:
     rank: int = 16
     alpha: float = 16.0
     targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    dropout: float = 0.0                # adapter dropout on the adapter's input (PEFT's lora_dropout)
     freeze_layers: int = 2
     # optimisation (paper defaults)
     lr: float = 3e-4
@@ -90,79 +86,105 @@ def _entries(rows: list[dict], where: str) -> list[MixEntry]:
     for i, r in enumerate(rows):
         unknown = set(r) - {f.name for f in fields(MixEntry)}
         if unknown:
-            raise ValueError(f"{where}: entry {i} has unknown key(s) {', '.join(sorted(unknown))}")
+            raise RecipeError(f"{where}: entry {i} has unknown key(s) {', '.join(sorted(unknown))}")
         if ("path" in r) == ("synth" in r):
-            raise ValueError(f"{where}: entry {i} needs exactly one of 'path' or 'synth'")
+            raise RecipeError(f"{where}: entry {i} needs exactly one of 'path' or 'synth'")
         if "synth" in r and r["synth"] not in SYNTH_KINDS:
-            raise ValueError(f"{where}: entry {i}: synth must be {' or '.join(map(repr, SYNTH_KINDS))}, "
-                             f"got {r['synth']!r}")
-        p = None
-        if "path" in r:
-            p = str(r["path"]).replace("$SHARED", str(shared_dir()))
-            p = str(p if Path(p).is_absolute() else ROOT / p)
+            raise RecipeError(f"{where}: entry {i}: synth must be {' or '.join(map(repr, SYNTH_KINDS))}, "
+                              f"got {r['synth']!r}")
+        p = str(expand_data(str(r["path"])).absolute()) if "path" in r else None
         out.append(MixEntry(path=p, weight=float(r.get("weight", 1.0)), domain=r.get("domain"),
                             max_rows=r.get("max_rows"), synth=r.get("synth")))
     return out
 
 
 def _coerce(f, value, where: str):
-    """Cast a command-line string (or TOML value) to the field's type, taken from its default."""
+    """Cast a command-line string (or check a TOML value) to the field's type, taken from its default."""
     typ = type(getattr(TrainConfig(), f.name))
-    if isinstance(value, str):
+    if isinstance(value, str) and typ is not str:
         if typ is bool:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{where}: expected true/false, got {value!r}")
+                raise RecipeError(f"{where}: expected true/false, got {value!r}")
             return value.lower() in ("true", "1", "yes")
         if typ in (int, float):
             try:
                 return typ(value)
             except ValueError:
-                raise ValueError(f"{where}: expected {typ.__name__}, got {value!r}") from None
-        if typ in (list, tuple):
-            items = [v.strip() for v in value.split(",") if v.strip()]
-            return tuple(float(v) for v in items) if typ is tuple else items
-    if typ is tuple:
-        return tuple(value)
-    return value
+                raise RecipeError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        value = [float(v) for v in items] if typ is tuple else items
+    ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,), tuple: (list, tuple)}[typ]
+    if not isinstance(value, ok) or (typ is not bool and isinstance(value, bool)):
+        raise RecipeError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return tuple(value) if typ is tuple else float(value) if typ is float else value
 
 
-def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
-    """Read configs/<name>.toml (or a path) and apply `--key value` overrides."""
+def load_recipe(name_or_path: str, overrides: list[str] | None = None,
+                data_files: list[str] | None = None) -> TrainConfig:
+    """Read a shipped recipe by name (tinyrm/configs/<name>.toml) or a .toml path, apply `--key value`
+    overrides, and with `data_files` train on those files instead of the recipe's mix."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = CONFIGS / f"{name_or_path}.toml"
+        path = configs_dir() / f"{name_or_path}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIGS.glob("*.toml"))
-        raise FileNotFoundError(f"recipe {name_or_path!r} not found (known: {', '.join(known)})")
-    raw = tomllib.loads(path.read_text())
+        known = sorted(p.stem for p in configs_dir().glob("*.toml"))
+        raise RecipeError(f"{path}: recipe {name_or_path!r} not found (shipped: {', '.join(known)})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: not a valid TOML file ({e})") from None
     byname = {f.name: f for f in fields(TrainConfig)}
     cfg = TrainConfig(name=path.stem)
     for key, value in raw.items():
         if key in ("data", "val"):
+            if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+                raise RecipeError(f"{path}: {key} must be [[{key}]] tables")
             setattr(cfg, key, _entries(value, f"{path}: [[{key}]]"))
         elif key in byname:
             setattr(cfg, key, _coerce(byname[key], value, f"{path}: {key}"))
         else:
-            raise ValueError(f"{path}: unknown key {key!r}")
+            raise RecipeError(f"{path}: unknown key {key!r}")
     ov = list(overrides or [])
     if ov and ov[0] == "--":
         ov = ov[1:]
     if len(ov) % 2:
-        raise ValueError(f"overrides must be --key value pairs, got {ov}")
+        raise RecipeError(f"overrides must be --key value pairs, got {' '.join(ov)}")
     for k, v in zip(ov[::2], ov[1::2]):
         key = k.lstrip("-").replace("-", "_")
-        if key not in byname or key in ("data", "val"):
-            raise ValueError(f"unknown override {k!r} (fields: {', '.join(sorted(byname))})")
+        if not k.startswith("--") or key not in byname or key in ("data", "val"):
+            raise RecipeError(f"unknown override {k!r} (fields: {', '.join(sorted(byname))})")
         setattr(cfg, key, _coerce(byname[key], v, f"override {k}"))
+    if data_files:
+        # the user's own files: one mix entry each, validation carved from them (val_frac)
+        cfg.data = [MixEntry(path=str(Path(f).absolute())) for f in data_files]
+        cfg.val = []
     return cfg
+
+
+def needed_files(cfg: TrainConfig) -> list[Path]:
+    """Every file the recipe reads: its mix and validation files, and RewardBench for the overlap guard."""
+    files = [Path(e.path) for e in cfg.data + cfg.val if e.path]
+    return files + ([data_root() / REWARDBENCH] if cfg.drop_rewardbench_overlap else [])
+
+
+def check_files(files: list[Path]) -> None:
+    """Stop at the first missing file with one line naming it and the command that fetches the data."""
+    for f in files:
+        if not f.is_file():
+            raise MissingData(f"{f}: not found; fetch the data with `tinyrm data` (or `make data`), "
+                              f"or point TINYRM_DATA at a folder that has it (data root now: {data_root()})")
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The resolved config a run folder was started with (its config.json), e.g. to resume it."""
-    import json
-
-    raw = json.loads((Path(run_dir) / "config.json").read_text())
-    raw["data"] = [MixEntry(**e) for e in raw["data"]]
-    raw["val"] = [MixEntry(**e) for e in raw["val"]]
-    raw["betas"] = tuple(raw["betas"])
-    return TrainConfig(**raw)
+    f = Path(run_dir) / "config.json"
+    if not f.is_file():
+        raise RecipeError(f"{f}: not found; --resume takes a run folder written by `tinyrm train`")
+    try:
+        raw = json.loads(f.read_text())
+        raw["data"] = [MixEntry(**e) for e in raw["data"]]
+        raw["val"] = [MixEntry(**e) for e in raw["val"]]
+        raw["betas"] = tuple(raw["betas"])
+        return TrainConfig(**raw)
+    except (ValueError, KeyError, TypeError) as e:
+        raise RecipeError(f"{f}: not a run config ({e})") from None

@@ -7,11 +7,10 @@ weighting and in sections and their numbers must never be set against each other
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from tinyrm.rewardbench import SECTIONS, paper_metric
+from .atomic import atomic_path, atomic_write
+from .rewardbench import SECTIONS, paper_metric
 
 SECTION_NAMES = list(SECTIONS)
 PAPER_NAMES = ["Chat", "Reasoning", "Safety", "mean"]
@@ -86,36 +85,23 @@ def markdown_table(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _atomic_write(path: Path, write) -> None:
-    # Write beside the target and rename: a crash mid-write never leaves a truncated report behind.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
-
-def write_json(result: dict, path: str | Path, model: str, pairs: int, seconds: float) -> Path:
+def write_json(result: dict, path: str | Path, model: str, pairs: int, seconds: float, **extra) -> Path:
     """Write rewardbench.json (path may be the file or a directory to put it in). The leaderboard keys come
-    first, then every extra block of the result (paper, counts, pairwise, ...)."""
+    first, then `extra` (e.g. device, dtype, versions), then every extra block of the result (paper, counts,
+    pairwise, ...)."""
     path = Path(path)
     if path.is_dir():
         path = path / "rewardbench.json"
     doc = {"overall": result["overall"],
            "sections": {s: result["sections"].get(s) for s in SECTION_NAMES},
-           "subsets": result["subsets"], "model": model, "pairs": int(pairs), "seconds": float(seconds)}
+           "subsets": result["subsets"], "model": model, "pairs": int(pairs), "seconds": float(seconds), **extra}
     doc["paper"] = _paper(result)
     doc.update({k: v for k, v in result.items() if k not in doc})
     # allow_nan=False: a NaN would make the file invalid JSON for every strict reader.
     text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text)
     return path
 
 
@@ -181,5 +167,7 @@ def plot_sections(result: dict, path: str | Path, label: str) -> Path | None:
                   "pooled accuracies, no math up-weighting, no Chat Hard column", fontsize=10)
     ax2.set_ylim(0, 105)
     ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=2, frameon=False)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

@@ -10,10 +10,11 @@ Every accuracy returned here is a percentage in [0, 100], like the leaderboard p
 """
 from __future__ import annotations
 
-import gzip
-import json
 from collections import Counter
 from pathlib import Path
+
+from .data import DataError, decode_json, json_lines
+from .errors import TinyrmError
 
 # Section -> {subset: weight}. The weights are the official example counts, except math-prm whose 984 makes
 # Reasoning = 1/2 math + 1/2 mean(hep-*) (984 = 6 * 164), as in allenai/reward-bench's EXAMPLE_COUNTS.
@@ -40,7 +41,7 @@ PAPER_CHAT_WEIGHTS = {"Chat": 0.843, "Chat Hard": 0.157}
 _STR_FIELDS = ("prompt", "chosen", "rejected", "subset", "chosen_model", "rejected_model")
 
 
-class RewardBenchError(ValueError):
+class RewardBenchError(TinyrmError):
     """A RewardBench file or score list that cannot be used; messages name the file and line."""
 
 
@@ -49,38 +50,34 @@ class RewardBenchError(ValueError):
 def load_rewardbench(path: str | Path) -> list[dict]:
     """Read the filtered split (JSON Lines, optionally .gz); every row is validated, errors say file:line."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     rows, seen = [], {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RewardBenchError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise RewardBenchError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for k in _STR_FIELDS:
-                if k not in row:
-                    raise RewardBenchError(f"{where}: missing field {k!r}")
-                if not isinstance(row[k], str):
-                    raise RewardBenchError(f"{where}: field {k!r} must be a string, got {type(row[k]).__name__}")
-            for k in ("prompt", "chosen", "rejected"):
-                if not row[k].strip():
-                    raise RewardBenchError(f"{where}: field {k!r} is empty")
-            if "id" not in row or isinstance(row["id"], bool) or not isinstance(row["id"], (int, str)):
-                raise RewardBenchError(f"{where}: field 'id' must be an int or a string")
-            if row["subset"] not in SUBSET_SECTION:
-                raise RewardBenchError(f"{where}: unknown subset {row['subset']!r} "
-                                       "(not one of the 23 filtered subsets)")
-            # ids repeat across subsets in the official data; only (subset, id) is a key.
-            key = (row["subset"], row["id"])
-            if key in seen:
-                raise RewardBenchError(f"{where}: duplicate (subset, id) {key}, first at line {seen[key]}")
-            seen[key] = lineno
-            rows.append({k: row[k] for k in (*_STR_FIELDS, "id")})
+    for lineno, line in json_lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            row = decode_json(path, lineno, line)
+        except DataError as e:   # same words as the other row checks: "not valid JSON", "not UTF-8"
+            raise RewardBenchError(f"{where}: {'not valid JSON' if e.reason == 'bad JSON' else e.reason}") from None
+        if not isinstance(row, dict):
+            raise RewardBenchError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for k in _STR_FIELDS:
+            if k not in row:
+                raise RewardBenchError(f"{where}: missing field {k!r}")
+            if not isinstance(row[k], str):
+                raise RewardBenchError(f"{where}: field {k!r} must be a string, got {type(row[k]).__name__}")
+        for k in ("prompt", "chosen", "rejected"):
+            if not row[k].strip():
+                raise RewardBenchError(f"{where}: field {k!r} is empty")
+        if "id" not in row or isinstance(row["id"], bool) or not isinstance(row["id"], (int, str)):
+            raise RewardBenchError(f"{where}: field 'id' must be an int or a string")
+        if row["subset"] not in SUBSET_SECTION:
+            raise RewardBenchError(f"{where}: unknown subset {row['subset']!r} "
+                                   "(not one of the 23 filtered subsets)")
+        # ids repeat across subsets in the official data; only (subset, id) is a key.
+        key = (row["subset"], row["id"])
+        if key in seen:
+            raise RewardBenchError(f"{where}: duplicate (subset, id) {key}, first at line {seen[key]}")
+        seen[key] = lineno
+        rows.append({k: row[k] for k in (*_STR_FIELDS, "id")})
     return rows
 
 
@@ -106,16 +103,6 @@ def _as_floats(xs, name: str) -> list[float]:
 
 def _pct(num: float, den: float) -> float | None:
     return 100.0 * num / den if den else None
-
-
-def score_rewardbench(subsets: list[str], chosen_scores, rejected_scores, **kw) -> dict:
-    """Leaderboard scoring from per-pair reward scores. A pair counts only when chosen > rejected strictly:
-    a tie is wrong (a constant model must score 0, not 50), and so is a NaN (every comparison is False)."""
-    c = _as_floats(chosen_scores, "chosen_scores")
-    r = _as_floats(rejected_scores, "rejected_scores")
-    if len(c) != len(r):
-        raise RewardBenchError(f"{len(c)} chosen scores but {len(r)} rejected scores")
-    return score_from_correct(subsets, [1.0 if a > b else 0.0 for a, b in zip(c, r)], **kw)
 
 
 def score_from_correct(subsets: list[str], correct, *, order_a=None, order_b=None) -> dict:

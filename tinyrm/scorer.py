@@ -1,6 +1,6 @@
 """The scorer: a trained cloze reward model behind a small API for users' own code.
 
-    rm = tinyrm.RewardModel.load("runs/default-20261128-1200")   # or a folder with adapter.json
+    rm = tinyrm.RewardModel.load("runs/default-20261128-1200")   # a run, a checkpoint or an exported folder
     rm.compare(prompts, responses_a, responses_b)  # P(a is better), pairwise or pointwise models
     rm.score(prompts, responses)                   # scalar rewards (pointwise models), for best-of-n
 
@@ -15,10 +15,17 @@ from pathlib import Path
 
 import torch
 
+from tqdm import tqdm
+
+from .adapters import load_adapter
+from .batching import token_batches
 from .calibrate import length_term, load_slopes
+from .config import read_json
+from .dora import merge_all
 from .encoder import Encoder, packed_from_lists
-from .prompts import (DOMAIN_PREFIX, PAIRWISE_WORDS, POINTWISE_PREFIX, POINTWISE_WORDS, Specials,
-                      answer_token_ids, build_pairwise, build_pointwise, resolve_prefix)
+from .errors import CheckpointError, TinyrmError
+from .prompts import Cloze
+from .weights import load_encoder
 
 
 def mask_logits(enc: Encoder, examples, vocab_ids: torch.Tensor) -> torch.Tensor:
@@ -49,17 +56,24 @@ def default_max_tokens(enc: Encoder) -> int:
     return max(1, min(GPU_MAX_TOKENS, CPU_ACTIVATION_BYTES // per_token))
 
 
-def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Indices sorted by length, cut so each batch holds at most `max_tokens` real tokens (packed)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, cur, tokens = [], [], 0
-    for i in order:
-        if cur and tokens + lengths[i] > max_tokens:
-            batches.append(cur)
-            cur, tokens = [], 0
-        cur.append(i)
-        tokens += lengths[i]
-    return batches + ([cur] if cur else [])
+def pick_device(name: str | None = "cpu") -> torch.device:
+    """"auto": CUDA when available, else CPU; anything else as torch names it ("cpu", "cuda:1")."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise TinyrmError(f"--device {name!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TinyrmError(f"--device {name!r}: this torch build or machine has no CUDA device")
+    return dev
+
+
+def pair_logit(first: torch.Tensor, second: torch.Tensor, mode: str) -> torch.Tensor:
+    """The one rule that turns a model's two outputs for a pair into the log-odds that response a beats b.
+    pairwise: first = z_ab (a shown as Choice 0), second = z_ba (b shown first); both orders averaged,
+    (z_ab − z_ba) / 2, which cancels any preference for a position. pointwise: r_a − r_b."""
+    return (first - second) / 2 if mode == "pairwise" else first - second
 
 
 class RewardModel:
@@ -67,60 +81,57 @@ class RewardModel:
 
     def __init__(self, enc: Encoder, mode: str = "pairwise", prefix: str = "domain", max_len: int = 512,
                  max_tokens: int | None = None, progress: bool = False):
-        if mode not in ("pairwise", "pointwise"):
-            raise ValueError(f"mode must be 'pairwise' or 'pointwise', got {mode!r}")
-        self.enc, self.mode, self.prefix, self.max_len = enc, mode, prefix, min(max_len, enc.config.max_position)
+        self.enc, self.cloze = enc, Cloze.for_encoder(enc, mode, prefix, max_len)
+        self.mode, self.prefix, self.max_len = mode, prefix, self.cloze.max_len
         # tokens per packed batch (a longer sequence still gets a batch of its own); None: default_max_tokens
         self.max_tokens, self.progress = max_tokens or default_max_tokens(enc), progress
         # pointwise only: per-domain slopes of reward on log length to remove (calibrate.py); None = raw
         self.length_slopes: dict[str, float] | None = None
-        self.sp = Specials.from_tokenizer(enc.tokenizer)
-        words = PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS
-        self.answer_ids = list(answer_token_ids(enc.tokenizer, words))
         self.device = next(enc.parameters()).device
 
     # ---- loading ----
     @classmethod
     def load(cls, path: str | Path, device=None, dtype=None, **kw) -> "RewardModel":
-        """A run folder (uses its best checkpoint), a checkpoint folder holding adapter.json, or a plain
-        encoder folder (an untrained cloze model: useful as a zero-shot baseline)."""
-        from .adapters import load_adapter
-        from .dora import merge_all
-        from .weights import load_encoder
-
+        """A run folder (its best checkpoint), a checkpoint folder holding adapter.json, an exported model
+        folder (tinyrm.json beside config.json), or a plain encoder folder (an untrained cloze model: a
+        zero-shot baseline)."""
         path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such model folder (a run folder, a checkpoint or an export)")
         ckpt = next((c for c in (path / "best", path / "last", path) if (c / "adapter.json").is_file()), None)
-        if ckpt is None:
-            return cls(load_encoder(path, dtype=dtype, device=device), **kw)
-        meta = json.loads((ckpt / "adapter.json").read_text())
+        if ckpt is not None:
+            return cls._load_checkpoint(ckpt, device, dtype, **kw)
+        if (path / "tinyrm.json").is_file():
+            s = read_json(path / "tinyrm.json", "")
+            opts = {k: s[k] for k in ("mode", "prefix", "max_len") if k in s}
+            rm = cls(load_encoder(path, dtype=dtype, device=device), **{**opts, **kw})
+            rm.length_slopes = s.get("length_slopes") if rm.mode == "pointwise" else None
+            return rm
+        return cls(load_encoder(path, dtype=dtype, device=device), **kw)
+
+    @classmethod
+    def _load_checkpoint(cls, ckpt: Path, device, dtype, **kw) -> "RewardModel":
+        meta = read_json(ckpt / "adapter.json", "")
         train = meta.get("train", {})
-        base = Path(train.get("model") or meta["base"])
-        if not base.is_absolute() and not base.exists():   # a recipe path such as weights/minilm-l6
-            from .recipe import ROOT
-            base = ROOT / base
+        base = Path(train.get("model") or meta.get("base", ""))
+        if not (base / "config.json").is_file() and meta.get("base_path"):
+            base = Path(meta["base_path"])     # the folder as training resolved it, from another directory
         enc = load_encoder(base, dtype=dtype, device=device)
-        load_adapter(enc, ckpt / "adapter.safetensors")
+        load_adapter(enc, ckpt / "adapter.safetensors", base_hash=meta.get("base_hash"))
         enc.eval()  # adapters were just added in training mode; merging is for inference
         merge_all(enc)
         opts = {k: train[k] for k in ("mode", "prefix", "max_len") if k in train}
-        rm = cls(enc.eval(), **{**opts, **kw})
+        rm = cls(enc, **{**opts, **kw})
         rm.length_slopes = load_slopes(ckpt) if rm.mode == "pointwise" else None
         return rm
-
-    def prefix_for(self, domain: str | None) -> str:
-        if self.prefix == "domain":
-            return DOMAIN_PREFIX.get(domain or "chat", DOMAIN_PREFIX["chat"])
-        return resolve_prefix(self.prefix)
 
     # ---- batched inference ----
     @torch.inference_mode()
     def _logits(self, examples) -> torch.Tensor:
         """[N] answer-logit differences (token '0' − '1', or 'yes' − 'no'), in the input order."""
-        from tqdm import tqdm
-
         was_training = self.enc.training
         self.enc.eval()
-        vocab = torch.tensor(self.answer_ids, device=self.device)
+        vocab = torch.tensor(self.cloze.answer_ids, device=self.device)
         out = torch.empty(len(examples))
         batches = token_batches([len(e.input_ids) for e in examples], self.max_tokens)
         for b in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
@@ -132,13 +143,11 @@ class RewardModel:
     def pairwise_logits(self, prompts, responses_a, responses_b, domains=None):
         """Both orders: (z_ab, z_ba), each [N], the log-odds that Choice 0 is the better response."""
         if self.mode != "pairwise":
-            raise ValueError("pairwise_logits needs a pairwise model; this one is pointwise")
+            raise TinyrmError("pairwise_logits needs a pairwise model; this one is pointwise")
         domains = domains or [None] * len(prompts)
         exs = []
         for q, a, b, d in zip(prompts, responses_a, responses_b, domains, strict=True):
-            pre = self.prefix_for(d)
-            exs += [build_pairwise(self.enc.tokenizer, self.sp, q, a, b, pre, self.max_len),
-                    build_pairwise(self.enc.tokenizer, self.sp, q, b, a, pre, self.max_len)]
+            exs += [self.cloze.pairwise(q, a, b, d), self.cloze.pairwise(q, b, a, d)]
         z = self._logits(exs)
         return z[0::2], z[1::2]
 
@@ -147,26 +156,25 @@ class RewardModel:
         slope · log(1 + characters) when the model carries a length correction (the slope of the given
         domain, or the pooled one "*" without a domain)."""
         if self.mode != "pointwise":
-            raise ValueError("score() needs a pointwise model; a pairwise model only compares (use compare())")
+            raise TinyrmError("score() needs a pointwise model; a pairwise model only compares (use compare())")
         if domains is not None and len(domains) != len(prompts):
-            raise ValueError(f"score(): {len(prompts)} prompts but {len(domains)} domains")
-        pre = POINTWISE_PREFIX if self.prefix == "domain" else resolve_prefix(self.prefix)
-        exs = [build_pointwise(self.enc.tokenizer, self.sp, q, r, pre, self.max_len)
-               for q, r in zip(prompts, responses, strict=True)]
-        r = self._logits(exs)
+            raise TinyrmError(f"score(): {len(prompts)} prompts but {len(domains)} domains")
+        r = self._logits([self.cloze.pointwise(q, r) for q, r in zip(prompts, responses, strict=True)])
         if self.length_slopes:
             r = r - length_term(self.length_slopes, responses, domains).float()
         return r.tolist()
 
-    def compare_logits(self, prompts, responses_a, responses_b, domains=None) -> torch.Tensor:
-        """[N] log-odds that a beats b. Pairwise: the mean over both orders, (z_ab − z_ba) / 2, which
-        cancels any preference for a position; pointwise: the reward difference."""
+    def compare_outputs(self, prompts, responses_a, responses_b, domains=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's two outputs per pair, for pair_logit: pairwise (z_ab, z_ba), pointwise (r_a, r_b)."""
         if self.mode == "pairwise":
-            z_ab, z_ba = self.pairwise_logits(prompts, responses_a, responses_b, domains)
-            return (z_ab - z_ba) / 2
+            return self.pairwise_logits(prompts, responses_a, responses_b, domains)
         r = torch.tensor(self.score(list(prompts) * 2, list(responses_a) + list(responses_b), domains and domains * 2))
         n = len(prompts)
-        return r[:n] - r[n:]
+        return r[:n], r[n:]
+
+    def compare_logits(self, prompts, responses_a, responses_b, domains=None) -> torch.Tensor:
+        """[N] log-odds that a beats b (pair_logit of the model's outputs)."""
+        return pair_logit(*self.compare_outputs(prompts, responses_a, responses_b, domains), self.mode)
 
     def compare(self, prompts, responses_a, responses_b, domains=None) -> list[float]:
         """Probability that responses_a[i] is better than responses_b[i]."""

@@ -1,6 +1,6 @@
 """Training a tiny reward model: cloze prompts read through the MLM head, Bradley–Terry loss, DoRA.
 
-    run = train(load_recipe("default"))      # or: tinyrm train --recipe default --lr 1e-4
+    summary = train(load_recipe("default"))      # or: tinyrm train --recipe default --lr 1e-4
 
 One optimiser step = `batch_pairs` preference pairs; pairwise mode feeds both orders of every pair
 (chosen as Choice 0 and as Choice 1), so the answer position never leaks the label. Micro-batches are
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import resource
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,25 +22,25 @@ from tqdm import tqdm
 
 from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 
-from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, length_balanced, slopes_text
-from .checkpoint import find_resumable, rng_state, save_checkpoint, set_rng_state
-from .data import drop_overlap, load_mix, prompt_hash
+from .adapters import checkpoint_hash, load_adapter
+from .atomic import atomic_write
+from .batching import length_grouped_batches, micro_batches
+from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, slopes_text
+from .checkpoint import find_resumable, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .dora import add_dora, freeze_layers, param_summary
-from .prompts import PAIRWISE_WORDS, POINTWISE_WORDS, length_grouped_batches, pairwise_examples, pointwise_examples
-from .recipe import ROOT, TrainConfig, shared_dir
-from .scorer import RewardModel, mask_logits
+from .errors import RecipeError
+from .mix import load_data
+from .prompts import Cloze
+from .recipe import TrainConfig, check_files, needed_files
+from .scorer import mask_logits, pick_device
 from .validation import for_inference, val_domains, validate_run
 from .weights import load_encoder
 
 
-def _log(msg: str) -> None:
-    tqdm.write(msg)
-
-
 def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
-    enc = load_encoder(cfg.model if Path(cfg.model).is_absolute() else ROOT / cfg.model, device=device)
+    enc = load_encoder(cfg.model, device=device)
     if cfg.adapters:
-        add_dora(enc, cfg.rank, cfg.alpha, cfg.targets, use_dora=cfg.use_dora)
+        add_dora(enc, cfg.rank, cfg.alpha, cfg.targets, use_dora=cfg.use_dora, dropout=cfg.dropout)
     freeze_layers(enc, min(cfg.freeze_layers, enc.config.num_layers))
     if enc.built_head and cfg.freeze_layers < enc.config.num_layers:
         # a head we built ourselves has never been trained: train its transform and the decoder bias
@@ -74,49 +74,10 @@ def make_optimizer(enc, cfg: TrainConfig, total_steps: int, expert: LengthExpert
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
 
-def load_data(cfg: TrainConfig):
-    """(train pairs, val pairs, report lines) — validation carved from the training mix (+ cfg.val files)."""
-    train, val, reports = load_mix(cfg.data, cfg.seed, skip_bad=cfg.skip_bad, val_frac=cfg.val_frac)
-    notes = [str(r) for r in reports if r.skipped]
-    rb = shared_dir() / "data" / "rewardbench" / "filtered.jsonl"
-    if cfg.drop_rewardbench_overlap and rb.is_file():
-        # a guard, not a selection: rows whose prompt is literally a RewardBench prompt are removed
-        banned = {json.loads(line)["prompt"] for line in rb.open()}
-        (train, n), (val, m) = drop_overlap(train, banned), drop_overlap(val, banned)
-        notes.append(f"dropped {n + m} pairs whose prompt is a RewardBench prompt")
-    if cfg.length_balance:
-        train, n = length_balanced(train, cfg.seed)
-        notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "
-                     "is the longer one as often as the shorter")
-    if cfg.val:
-        extra, _, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad, part="val")
-        seen = {p.prompt.strip() for p in train}
-        val += [p for p in extra if p.prompt.strip() not in seen]
-    if len(val) > cfg.val_max_pairs:
-        # a fixed, seeded subset keeps validation cheap; an equal share per domain keeps every domain's
-        # accuracy measurable (the selection metric averages them)
-        by_dom: dict = {}
-        for p in val:
-            by_dom.setdefault(p.domain, []).append(p)
-        share, rng, keep = cfg.val_max_pairs // len(by_dom), random.Random(cfg.seed), []
-        for dom in sorted(by_dom, key=str):
-            # a canonical order first, so the sample does not depend on how the mix was shuffled
-            rows = sorted(by_dom[dom], key=lambda p: (prompt_hash(p.prompt + p.chosen + p.rejected), p.prompt))
-            keep += rng.sample(rows, min(share, len(rows)))
-        val = keep
-    return train, val, notes
-
-
 def build_examples(enc, cfg: TrainConfig, pairs):
-    """Per pair, its examples with labels: pairwise both orders; pointwise (chosen, rejected)."""
-    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
-    out = []
-    for p in tqdm(pairs, desc="tokenising", unit="pair", leave=False):
-        if cfg.mode == "pairwise":
-            out.append(pairwise_examples(enc.tokenizer, rm.sp, p, rm.prefix_for(p.domain), rm.max_len))
-        else:
-            out.append(pointwise_examples(enc.tokenizer, rm.sp, p, max_len=rm.max_len))
-    return out
+    """Per pair, its labelled examples (Cloze.training_examples: pairwise both orders, pointwise both sides)."""
+    cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
+    return [cloze.training_examples(p) for p in tqdm(pairs, desc="tokenising", unit="pair", leave=False)]
 
 
 def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
@@ -129,18 +90,6 @@ def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
         epoch += 1
     steps = steps[:n_total]
     return steps[:cfg.max_steps] if cfg.max_steps > 0 else steps
-
-
-def micro_batches(pair_ids: list[int], examples, max_tokens: int) -> list[list[int]]:
-    out, cur, tok = [], [], 0
-    for i in pair_ids:
-        n = sum(len(e.input_ids) for e, _ in examples[i])
-        if cur and tok + n > max_tokens:
-            out.append(cur)
-            cur, tok = [], 0
-        cur.append(i)
-        tok += n
-    return out + ([cur] if cur else [])
 
 
 def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, expert=None):
@@ -165,130 +114,189 @@ def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, exper
 def autocast_for(cfg: TrainConfig, device: torch.device):
     """bf16 autocast: on CUDA by default; on CPU when asked (AMX / AVX512-BF16 units make it ~1.6x faster)."""
     if cfg.amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
+        raise RecipeError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
     on = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
-def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int | None = None) -> dict:
-    """Run (or resume, when run_dir holds a checkpoint) a training job; returns the summary dict."""
-    t0 = time.time()
+@dataclass
+class Run:
+    """Everything one training run holds, built by `setup` and advanced by the loop."""
+    cfg: TrainConfig
+    run_dir: Path
+    enc: torch.nn.Module
+    train_pairs: list
+    val: list
+    examples: list
+    steps: list[list[int]]
+    vocab: torch.Tensor
+    autocast: object
+    opt: torch.optim.Optimizer
+    sched: object
+    meta: dict
+    expert: LengthExpert | None = None
+    fit: list | None = None                          # training pairs the length slopes are fitted on
+    start: int = 0
+    best: dict = field(default_factory=lambda: {"val_score": -1.0, "step": -1})
+    t0: float = field(default_factory=time.time)
+
+    def record(self, row: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
+    """Check the inputs, build the model, data, step plan and optimiser; the run folder is made only
+    once all of that worked, so a bad input leaves nothing behind."""
+    if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct):
+        raise RecipeError("length_expert and length_correct are for pointwise models; this recipe is pairwise")
+    check_files(needed_files(cfg))
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    run_dir = Path(run_dir) if run_dir else ROOT / cfg.runs_dir / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-
+    device = pick_device(cfg.device)
     enc = prepare_model(cfg, device)
-    _log(f"model {cfg.model}: {param_summary(enc)}")
+    tqdm.write(f"model {cfg.model}: {param_summary(enc)}")
     train_pairs, val, notes = load_data(cfg)
     for n in notes:
-        _log(n)
+        tqdm.write(n)
     examples = build_examples(enc, cfg, train_pairs)
     steps = plan_steps(examples, cfg)
-    _log(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
-    if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct):
-        raise ValueError("length_expert and length_correct are for pointwise models; this recipe is pairwise")
     expert = LengthExpert(train_pairs) if cfg.length_expert else None
     fit = fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed) if cfg.length_correct else None
     opt, sched = make_optimizer(enc, cfg, len(steps), expert)
-    words = PAIRWISE_WORDS if cfg.mode == "pairwise" else POINTWISE_WORDS
-    vocab = torch.tensor(RewardModel(enc, cfg.mode).answer_ids, device=device)
-    autocast = autocast_for(cfg, device)
-    meta = {"base": str(cfg.model), "train": cfg.to_dict(), "answer_words": list(words)}
+    cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
+    meta = {"base": str(cfg.model), "base_path": str(Path(cfg.model).absolute()),
+            "base_hash": checkpoint_hash(cfg.model), "train": cfg.to_dict(), "answer_words": list(cloze.words)}
+    run_dir = Path(run_dir) if run_dir else Path(cfg.runs_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    tqdm.write(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
+    return Run(cfg, run_dir, enc, train_pairs, val, examples, steps, torch.tensor(cloze.answer_ids, device=device),
+               autocast_for(cfg, device), opt, sched, meta, expert, fit)
 
-    start, best = 0, {"val_score": -1.0, "step": -1}
-    ckpt = find_resumable(run_dir)
-    if ckpt is not None:
-        from .adapters import load_adapter
-        load_adapter(enc, ckpt / "adapter.safetensors")
-        st = torch.load(ckpt / "trainer.pt", weights_only=False)
-        if (expert is not None) != ("length_expert" in st):   # else the optimiser's groups would not match
-            had = "length_expert" in st
-            raise ValueError(f"{ckpt}: saved {'with' if had else 'without'} a length expert; resume it with "
-                             f"length_expert = {str(had).lower()}")
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        set_rng_state(st["rng"])
-        if expert is not None:
-            expert.beta.data.copy_(st["length_expert"])
-        start, best = st["step"], st["best"]
-        _log(f"resumed from {ckpt} at step {start}")
 
-    metrics = (run_dir / "metrics.jsonl").open("a")
+def resume(run: Run) -> None:
+    """Continue from the run folder's last checkpoint, when it has one."""
+    ckpt = find_resumable(run.run_dir)
+    if ckpt is None:
+        return
+    load_adapter(run.enc, ckpt / "adapter.safetensors")
+    st = load_trainer_state(ckpt)
+    if (run.expert is not None) != ("length_expert" in st):   # else the optimiser's groups would not match
+        had = "length_expert" in st
+        raise RecipeError(f"{ckpt}: saved {'with' if had else 'without'} a length expert; resume it with "
+                          f"length_expert = {str(had).lower()}")
+    run.opt.load_state_dict(st["optimizer"])
+    run.sched.load_state_dict(st["scheduler"])
+    set_rng_state(st["rng"])
+    if run.expert is not None:
+        run.expert.beta.data.copy_(st["length_expert"])
+    run.start, run.best = st["step"], st["best"]
+    tqdm.write(f"resumed from {ckpt} at step {run.start}")
 
-    def record(row):
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
 
-    def evaluate_and_keep(step, fit=None):
-        with for_inference(enc, autocast):            # merged adapters, the step's precision
-            v, score, slopes = validate_run(enc, cfg, val, fit)
-        record({"step": step, **v})
-        if score > best["val_score"]:
-            c = "corrected_" if slopes else ""
-            best.update(val_score=score, val_acc=v[c + "val_acc"], step=step, raw_val_score=v["val_score"],
+def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
+    """Validate on merged adapters at the step's precision; keep `best/` when the score improves."""
+    with for_inference(run.enc, run.autocast):
+        v, score, slopes = validate_run(run.enc, run.cfg, run.val, run.fit if step > 0 else None)
+    run.record({"step": step, **v})
+    if score > run.best["val_score"]:
+        c = "corrected_" if slopes else ""
+        run.best.update(val_score=score, val_acc=v[c + "val_acc"], step=step, raw_val_score=v["val_score"],
                         length_corrected=slopes is not None, corrected_val_score=v.get("corrected_val_score"),
                         corrected_val_acc=v.get("corrected_val_acc"))
-            files = {LENGTH_FILE: slopes_text(slopes, {"fitted_on": f"{len(fit)} training pairs", "step": step})
-                     } if slopes else None
-            save_checkpoint(run_dir / "best", enc, {**meta, "step": step, **v}, files=files)
-        return v, score
+        files = {LENGTH_FILE: slopes_text(slopes, {"fitted_on": f"{len(run.fit)} training pairs", "step": step})
+                 } if slopes else None
+        save_checkpoint(run.run_dir / "best", run.enc, {**run.meta, "step": step, **v}, files=files)
+    run.enc.train()
+    return v, score
 
-    doms = val_domains(val)  # the per-domain accuracies shown on the progress bar
-    if start == 0 and val:
-        _log(f"step 0 (untrained cloze): val_score {evaluate_and_keep(0)[1]:.4f}")
-    enc.train()
-    done = start
-    bar = tqdm(range(start, len(steps)), initial=start, total=len(steps), desc="train", unit="step")
+
+def train_step(run: Run, step: int) -> dict:
+    """One optimiser step over the step's pairs, in micro-batches; returns its metrics row."""
+    ts, cfg = time.time(), run.cfg
+    pairs = run.steps[step]
+    n_diffs = len(pairs) * (2 if cfg.mode == "pairwise" else 1)
+    sizes = {i: sum(len(e.input_ids) for e, _ in run.examples[i]) for i in pairs}
+    diffs, tokens = [], 0
+    for mb in micro_batches(pairs, sizes, cfg.micro_tokens):
+        d, n = step_loss(run.enc, cfg, run.examples, mb, run.vocab, n_diffs, run.autocast, run.expert)
+        diffs.append(d)
+        tokens += n
+    gnorm = torch.nn.utils.clip_grad_norm_([p for g in run.opt.param_groups for p in g["params"]], cfg.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    d = torch.cat(diffs)
+    return {"step": step + 1, "lr": run.sched.get_last_lr()[0], "loss": bradley_terry_loss(d).item(),
+            **preference_stats(d), "grad_norm": gnorm.item(), "tokens": tokens,
+            "tokens_per_s": tokens / (time.time() - ts), "elapsed": time.time() - run.t0,
+            **({f"length_beta_{k}": b for k, b in run.expert.values().items()} if run.expert else {})}
+
+
+def save_last(run: Run, done: int) -> None:
+    state = {"step": done, "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+             "rng": rng_state(), "best": run.best,
+             **({"length_expert": run.expert.beta.detach().clone()} if run.expert else {})}
+    save_checkpoint(run.run_dir / "last", run.enc, {**run.meta, "step": done}, state)
+
+
+def loop(run: Run, stop_after: int | None = None) -> None:
+    """The optimiser steps from run.start on, validating every eval_every and saving every save_every."""
+    cfg, total, doms = run.cfg, len(run.steps), val_domains(run.val)
+    run.enc.train()
+    bar = tqdm(range(run.start, total), initial=run.start, total=total, desc="train", unit="step")
     for step in bar:
-        ts = time.time()
-        n_diffs = len(steps[step]) * (2 if cfg.mode == "pairwise" else 1)
-        diffs, tokens = [], 0
-        for mb in micro_batches(steps[step], examples, cfg.micro_tokens):
-            d, n = step_loss(enc, cfg, examples, mb, vocab, n_diffs, autocast, expert)
-            diffs.append(d)
-            tokens += n
-        gnorm = torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        d = torch.cat(diffs)
-        row = {"step": step + 1, "lr": sched.get_last_lr()[0], "loss": bradley_terry_loss(d).item(),
-               **preference_stats(d), "grad_norm": gnorm.item(), "tokens": tokens,
-               "tokens_per_s": tokens / (time.time() - ts), "elapsed": time.time() - t0,
-               **({f"length_beta_{k}": b for k, b in expert.values().items()} if expert else {})}
-        record(row)
+        row = train_step(run, step)
+        run.record(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
         done = step + 1
-        if val and (done % cfg.eval_every == 0 or done == len(steps)):
-            v, score = evaluate_and_keep(done, fit)
-            enc.train()
+        if run.val and (done % cfg.eval_every == 0 or done == total):
+            v, _ = validate_and_keep(run, done)
             per = " ".join(f"{d} {v['val_acc_' + d]:.3f}" for d in doms)
             fix = f", length-corrected {v['corrected_val_score']:.4f}" if "corrected_val_score" in v else ""
-            bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}]{fix} (best {best['val_score']:.4f} "
-                      f"at {best['step']})")
-        if done % cfg.save_every == 0 or done == len(steps) or done == stop_after:
-            save_checkpoint(run_dir / "last", enc, {**meta, "step": done},
-                            {"step": done, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "rng": rng_state(), "best": best,
-                             **({"length_expert": expert.beta.detach().clone()} if expert else {})})
+            bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}]{fix} (best "
+                      f"{run.best['val_score']:.4f} at {run.best['step']})")
+        if done % cfg.save_every == 0 or done == total or done == stop_after:
+            save_last(run, done)
         if done == stop_after:
             break
     bar.close()
-    metrics.close()
+
+
+def finish(run: Run) -> dict:
+    """The summary dict, also written to summary.json; runs/LATEST names this run for `tinyrm eval`."""
+    best, cfg = run.best, run.cfg
     corrected = {k: best.get(k) for k in ("raw_val_score", "corrected_val_score", "corrected_val_acc")
                  } if cfg.length_correct else {}
-    summary = {"run_dir": str(run_dir), "best_val_score": best["val_score"], "best_val_acc": best.get("val_acc", -1.0),
-               **corrected, "length_correction_applied": bool(best.get("length_corrected")),
-               **({"length_expert": expert.values()} if expert else {}),
-               "select": cfg.select, "best_step": best["step"],
-               "steps": len(steps), "train_pairs": len(train_pairs), "val_pairs": len(val),
-               "seconds": time.time() - t0,
+    summary = {"run_dir": str(run.run_dir), "best_val_score": best["val_score"],
+               "best_val_acc": best.get("val_acc", -1.0), **corrected,
+               "length_correction_applied": bool(best.get("length_corrected")),
+               **({"length_expert": run.expert.values()} if run.expert else {}),
+               "select": cfg.select, "best_step": best["step"], "steps": len(run.steps),
+               "train_pairs": len(run.train_pairs), "val_pairs": len(run.val), "seconds": time.time() - run.t0,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (run_dir.parent / "LATEST").write_text(run_dir.name + "\n")
+    atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write(run.run_dir.parent / "LATEST", run.run_dir.name + "\n")
     return summary
+
+
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int | None = None) -> dict:
+    """Run (or resume, when run_dir holds a checkpoint) a training job; returns the summary dict."""
+    run = setup(cfg, run_dir)
+    resume(run)
+    if run.start == 0 and run.val:
+        tqdm.write(f"step 0 (untrained cloze): val_score {validate_and_keep(run, 0)[1]:.4f}")
+    loop(run, stop_after)
+    return finish(run)
+
+
+def print_summary(s: dict) -> None:
+    print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
+          f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
+          f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
+    if s.get("corrected_val_score") is not None:
+        what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
+        print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
+              f"length-corrected {s['corrected_val_score']:.4f}")

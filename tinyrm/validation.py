@@ -14,8 +14,8 @@ import torch
 from tinyrm.kernels.bt_loss import bradley_terry_loss
 
 from .calibrate import fit_slopes, length_term, log_length
-from .recipe import TrainConfig
-from .scorer import RewardModel
+from .dora import merge_all
+from .scorer import RewardModel, pair_logit
 
 
 def val_domains(val) -> list[str]:
@@ -23,33 +23,28 @@ def val_domains(val) -> list[str]:
     return sorted({p.domain or "none" for p in val})
 
 
-def validate(enc, cfg: TrainConfig, val, length_slopes: dict | None = None) -> dict:
-    """Score `val` with the model as the scorer would (with `length_slopes`, the length-corrected pointwise
-    reward), then `metrics`; pairwise adds one-order accuracies."""
+def validate(enc, cfg, val, length_slopes: dict | None = None) -> dict:
+    """Score `val` (cfg: a recipe.TrainConfig) with the model as the scorer would (with `length_slopes`,
+    the length-corrected pointwise reward), then `metrics`; pairwise adds one-order accuracies."""
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
     rm.length_slopes = length_slopes
-    args = ([p.prompt for p in val], [p.chosen for p in val], [p.rejected for p in val], [p.domain for p in val])
+    first, second = rm.compare_outputs([p.prompt for p in val], [p.chosen for p in val],
+                                       [p.rejected for p in val], [p.domain for p in val])
     out = {}
     if cfg.mode == "pairwise":
         # one order at a time too: a model whose verdict follows the position more than the content shows
-        # it here (the averaged score below cancels the offset but keeps little signal)
-        z_ab, z_ba = rm.pairwise_logits(*args)
-        z = (z_ab - z_ba) / 2
+        # it here (the averaged score cancels the offset but keeps little signal)
+        z_ab, z_ba = first, second
         out = {"val_acc_chosen_first": (z_ab > 0).float().mean().item(),
                "val_acc_chosen_second": (z_ba < 0).float().mean().item(),
                "val_same_verdict_both_orders": ((z_ab > 0) == (z_ba < 0)).float().mean().item()}
-    else:
-        z = rm.compare_logits(*args)
-    return {**metrics(z, val, cfg.select), **out}
+    return {**metrics(pair_logit(first, second, cfg.mode), val, cfg.select), **out}
 
 
 @contextlib.contextmanager
 def for_inference(enc, autocast=None):
     """Adapters merged (a DoRA model then costs what its base costs) and the training step's autocast if
-    given (bf16 on CPU: validation in about half the time; on the default's 691 pairs it moved one pair's
-    verdict); the module's mode comes back after, and train() unmerges. Nothing is written to a weight."""
-    from .dora import merge_all
-
+    given; the module's mode comes back after, and train() unmerges. Nothing is written to a weight."""
     was = enc.training
     enc.eval()
     merge_all(enc)
@@ -79,12 +74,13 @@ def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tu
     slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), [log_length(t) for t in fit_texts],
                         [p.domain for p in sample] * 2)
     doms = [p.domain for p in val]
-    z = r_c[:n] - r_r[:n]                                                         # [n] raw pair logits
-    zc = z - (length_term(slopes, [p.chosen for p in val], doms) - length_term(slopes, [p.rejected for p in val], doms))
+    z = pair_logit(r_c[:n], r_r[:n], "pointwise")                                 # [n] raw pair logits
+    zc = z - pair_logit(length_term(slopes, [p.chosen for p in val], doms),
+                        length_term(slopes, [p.rejected for p in val], doms), "pointwise")
     return metrics(z, val, select), slopes, metrics(zc, val, select)
 
 
-def validate_run(enc, cfg: TrainConfig, val, fit_pairs=None) -> tuple[dict, float, dict | None]:
+def validate_run(enc, cfg, val, fit_pairs=None) -> tuple[dict, float, dict | None]:
     """One validation during training -> (metrics row, the score the selection uses, length slopes to
     store with the checkpoint or None). With `fit_pairs` (a pointwise model with the length correction
     on), the raw and the corrected reward are both validated and the better one is the checkpoint's score

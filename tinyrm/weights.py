@@ -14,37 +14,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from tokenizers import Tokenizer
-
 from .bert import Bert
-from .config import CheckpointError, EncoderConfig, config_from_hf
+from .config import EncoderConfig, config_from_hf
 from .encoder import Encoder
+from .errors import CheckpointError
+from .modernbert import ModernBert
+from .tokens import Specials, load_tokenizer
 
 log = logging.getLogger("tinyrm")
-
-_SPECIALS = {"cls_id": ("[CLS]", "<s>", "<cls>"), "sep_id": ("[SEP]", "</s>", "<sep>"),
-             "pad_id": ("[PAD]", "<pad>"), "mask_id": ("[MASK]", "<mask>")}
-
-
-def load_tokenizer(path: Path) -> Tokenizer:
-    """tokenizer.json with padding and truncation off: lengths are decided by our templates."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: tokenizer.json not found")
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
-
-
-def special_ids(tok: Tokenizer, path: Path) -> dict[str, int]:
-    out = {}
-    for field, names in _SPECIALS.items():
-        ids = [tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None]
-        if not ids:
-            raise CheckpointError(f"{path}: no special token among {names} for {field}")
-        out[field] = ids[0]
-    return out
-
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
     """key -> file holding it, from model.safetensors or a sharded index."""
@@ -106,11 +83,10 @@ def load_encoder(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
         raise CheckpointError(f"{folder}: not a folder (run `make weights` to fetch one)")
     cfg: EncoderConfig = config_from_hf(folder / "config.json")
     tok = load_tokenizer(folder / "tokenizer.json")
-    for k, v in special_ids(tok, folder / "tokenizer.json").items():
-        setattr(cfg, k, v)
+    sp = Specials.from_tokenizer(tok, str(folder / "tokenizer.json"))
+    cfg.cls_id, cfg.sep_id, cfg.pad_id, cfg.mask_id = sp.cls_id, sp.sep_id, sp.pad_id, sp.mask_id
     dtype = dtype or torch.float32
     device = torch.device(device or "cpu")
-    from .modernbert import ModernBert  # local import keeps the module graph acyclic
     with torch.device("meta"):
         model = ModernBert(cfg) if cfg.arch == "modernbert" else Bert(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}

@@ -1,0 +1,64 @@
+"""Writes that a reader (or a run killed at any moment) sees whole or not at all.
+
+A file is written under a temporary name beside its target, flushed to disk, and renamed over the target
+(`os.replace` is atomic within a file system). A folder (a checkpoint) is built under a temporary name
+and swapped in with two renames; a kill between them leaves the old one as `<name>.old`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):      # not every file system lets a directory be opened for fsync
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path to write `path` through; on success it is synced and renamed over `path`,
+    on any error it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap the finished folder `tmp` in as `final`: final -> final.old, tmp -> final, drop final.old.
+    A kill between the two renames leaves final.old for the reader to fall back on."""
+    for f in tmp.iterdir():
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
