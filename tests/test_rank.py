@@ -128,3 +128,9 @@ def test_reward_func_refuses_pairwise_models():
         reward_func(StubPairwise({}))
     with pytest.raises(ValueError, match="neither a string"):
         reward_func(StubPointwise({}))(["p"], [3])
+
+
+def test_reward_model_methods_delegate_here(tiny):
+    rm = RewardModel(tiny, mode="pointwise", max_len=64)
+    assert rm.rank(PROMPT, CANDS) == rank(rm, PROMPT, CANDS)
+    assert rm.as_reward_func()([PROMPT], [CANDS[0]]) == rm.score([PROMPT], [CANDS[0]])

@@ -45,19 +45,12 @@ def _eval(args) -> int:
 def _load_scoring_model(args):
     """The model for score / rerank / serve: --model (a run, checkpoint or model folder, or 'latest'),
     --device, --dtype and --batch-tokens."""
-    from pathlib import Path
-
     import torch
 
+    from .evaluate import resolve_model
     from .scorer import RewardModel, pick_device
-    path = Path(args.model)
-    if args.model == "latest":              # runs/ resolves against the working directory (paths.py)
-        latest = Path("runs") / "LATEST"
-        if not latest.is_file():
-            raise FileNotFoundError(2, "no finished run yet (train one, or pass --model)", str(latest))
-        path = Path("runs") / latest.read_text().strip()
-    return RewardModel.load(path, device=pick_device(args.device), dtype=getattr(torch, args.dtype),
-                            max_tokens=args.batch_tokens)
+    return RewardModel.load(resolve_model(args.model), device=pick_device(args.device),
+                            dtype=getattr(torch, args.dtype), max_tokens=args.batch_tokens)
 
 
 def _score(args) -> int:

@@ -17,11 +17,12 @@ within one call. A single candidate gets 0.0.
 from __future__ import annotations
 
 from .data import render_turns
+from .errors import TinyrmError
 
 
 def _check(candidates, where: str = "candidates") -> list[str]:
     if not isinstance(candidates, (list, tuple)) or not all(isinstance(c, str) for c in candidates):
-        raise ValueError(f"{where} must be a list of strings")
+        raise TinyrmError(f"{where} must be a list of strings")
     return list(candidates)
 
 
@@ -29,7 +30,7 @@ def rank_many(rm, prompts, candidate_lists, domains=None) -> list[tuple[list[int
     """rank() for many prompts at once, in one model call (the token batches span all of them)."""
     lists = [_check(c) for c in candidate_lists]
     if len(lists) != len(prompts):
-        raise ValueError(f"rank: {len(prompts)} prompts but {len(lists)} candidate lists")
+        raise TinyrmError(f"rank: {len(prompts)} prompts but {len(lists)} candidate lists")
     domains = list(domains) if domains is not None else [None] * len(prompts)
     if rm.mode == "pointwise":
         flat_domains = [d for d, c in zip(domains, lists) for _ in c]
@@ -74,19 +75,19 @@ def _text(x, what: str, i: int) -> str:
         if what == "prompt":
             return render_turns([(str(m.get("role", "user")), m["content"]) for m in x])
         return "\n\n".join(m["content"].strip() for m in x)
-    raise ValueError(f"reward_func: {what} {i} is neither a string nor a list of {{role, content}} messages")
+    raise TinyrmError(f"reward_func: {what} {i} is neither a string nor a list of {{role, content}} messages")
 
 
 def reward_func(rm):
     """A TRL-style reward function `(prompts, completions, **kw) -> list[float]`: the pointwise reward of
     each completion. A `domain` column, if TRL passes one in kw, picks the length-correction slope."""
     if rm.mode != "pointwise":
-        raise ValueError("reward_func needs a pointwise model: a pairwise model gives no per-response reward "
+        raise TinyrmError("reward_func needs a pointwise model: a pairwise model gives no per-response reward "
                          "(use rank() to order candidates)")
 
     def tinyrm_reward(prompts, completions, **kw) -> list[float]:
         if len(prompts) != len(completions):
-            raise ValueError(f"reward_func: {len(prompts)} prompts but {len(completions)} completions")
+            raise TinyrmError(f"reward_func: {len(prompts)} prompts but {len(completions)} completions")
         qs = [_text(p, "prompt", i) for i, p in enumerate(prompts)]
         rs = [_text(c, "completion", i) for i, c in enumerate(completions)]
         domains = kw.get("domain")

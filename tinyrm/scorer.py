@@ -25,6 +25,7 @@ from .dora import merge_all
 from .encoder import Encoder, packed_from_lists
 from .errors import CheckpointError, TinyrmError
 from .prompts import Cloze
+from .rank import rank as rank_candidates, reward_func
 from .weights import load_encoder
 
 
@@ -179,3 +180,13 @@ class RewardModel:
     def compare(self, prompts, responses_a, responses_b, domains=None) -> list[float]:
         """Probability that responses_a[i] is better than responses_b[i]."""
         return torch.sigmoid(self.compare_logits(prompts, responses_a, responses_b, domains)).tolist()
+
+    # ---- ranking and RL reward functions (rank.py) ----
+    def rank(self, prompt: str, candidates, domain: str | None = None) -> tuple[list[int], list[float]]:
+        """(order, scores): candidate indices best first; pointwise scores are rewards, pairwise ones mean
+        log-odds against the other candidates (n(n-1) sequences; see rank.py)."""
+        return rank_candidates(self, prompt, candidates, domain)
+
+    def as_reward_func(self):
+        """A TRL-style reward function `(prompts, completions, **kw) -> list[float]` (pointwise models)."""
+        return reward_func(self)
