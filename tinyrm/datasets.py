@@ -29,6 +29,7 @@ from urllib.parse import quote
 from tqdm import tqdm
 
 from .errors import TinyrmError
+from .hub import endpoint, hub_file
 from .sources import SEED, SOURCES, Remote, Source
 
 GITHUB_RAW = "https://raw.githubusercontent.com"
@@ -68,7 +69,6 @@ def url_of(s: Source, remote: Remote) -> str:
     if s.host == "github":
         base = (os.environ.get("TINYRM_GITHUB_RAW") or GITHUB_RAW).rstrip("/")
         return f"{base}/{s.repo}/{s.revision}/{quote(remote.path)}"
-    from .hub import endpoint
     return f"{endpoint()}/datasets/{s.repo}/resolve/{s.revision}/{quote(remote.path)}"
 
 
@@ -120,7 +120,6 @@ def github_file(s: Source, remote: Remote, progress: bool = True) -> Path:
 
 
 def hub_dataset_file(s: Source, remote: Remote, progress: bool = True) -> Path:
-    from .hub import hub_file
     try:
         return hub_file(s.repo, remote.path, repo_type="dataset", revision=s.revision, progress=progress)
     except OSError as e:

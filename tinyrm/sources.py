@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+from .rewardbench import check_counts
+
 
 SEED = 1234
 
@@ -144,7 +146,6 @@ def rmb(domain: str) -> Callable[[dict, str], dict | None]:
 
 
 def check_rewardbench(rows: list[dict]) -> None:
-    from .rewardbench import check_counts
     check_counts(rows)
 
 
