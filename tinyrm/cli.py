@@ -27,13 +27,20 @@ def _data(args) -> int:
 
 def _train(args) -> int:
     from .recipe import load_recipe, load_run_config
-    from .train import print_summary, train
+    from .train import train
 
     if args.resume:
         cfg = load_run_config(args.resume)
     else:
         cfg = load_recipe(args.recipe, args.overrides, data_files=args.data)
-    print_summary(train(cfg, run_dir=args.resume))
+    s = train(cfg, run_dir=args.resume)
+    print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
+          f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
+          f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
+    if s.get("corrected_val_score") is not None:
+        what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
+        print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
+              f"length-corrected {s['corrected_val_score']:.4f}")
     return 0
 
 

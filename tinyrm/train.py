@@ -291,12 +291,3 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     loop(run, stop_after)
     return finish(run)
 
-
-def print_summary(s: dict) -> None:
-    print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
-          f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
-          f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
-    if s.get("corrected_val_score") is not None:
-        what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
-        print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
-              f"length-corrected {s['corrected_val_score']:.4f}")
