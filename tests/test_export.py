@@ -32,7 +32,7 @@ TOL = 1e-4
 SLOPES = {"*": 0.31, "none": 0.31}
 
 
-def _rows(n=5):
+def _rows(n=4):
     """A handful of RewardBench rows from different sections (chat, safety, code, math)."""
     lines = shared_path("rewardbench/filtered.jsonl").read_text().splitlines()
     return [json.loads(lines[i]) for i in range(0, len(lines), len(lines) // n)][:n]
@@ -104,6 +104,17 @@ def _hf_z(model, examples, ids, bert: bool) -> torch.Tensor:
     return at[:, 0] - at[:, 1]
 
 
+_SCORES: dict = {}
+
+
+def _tinyrm_scores(run, prompts, resps) -> torch.Tensor:
+    """RewardModel.score of a run, computed once per (run, inputs): the hf and peft tests share it."""
+    key = (str(run), prompts, resps)
+    if key not in _SCORES:
+        _SCORES[key] = torch.tensor(RewardModel.load(run).score(list(prompts), list(resps)), dtype=torch.float64)
+    return _SCORES[key]
+
+
 def _pointwise_check(model, folder, run, rows):
     """The exported model's reward, length-corrected with tinyrm.json's slopes, vs RewardModel.score."""
     info, cz = json.loads((folder / "tinyrm.json").read_text()), _export_cloze(folder)
@@ -112,7 +123,7 @@ def _pointwise_check(model, folder, run, rows):
     got = _hf_z(model, exs, cz.answer_ids, bert=True)
     if info["length_slopes"]:
         got = got - length_term(info["length_slopes"], resps)
-    want = torch.tensor(RewardModel.load(run).score(prompts, resps), dtype=torch.float64)
+    want = _tinyrm_scores(run, tuple(prompts), tuple(resps))
     assert want.abs().max() > 0.1                  # far from zero: a 1e-4 agreement means something
     return (got - want).abs().max().item()
 
@@ -137,6 +148,12 @@ def test_hf_minilm_loads_in_transformers_and_scores_as_tinyrm(tmp_path, minilm_r
     err = _pointwise_check(model.eval(), out, minilm_run, _rows())
     print(f"hf MiniLM max |delta| = {err:.2e}")
     assert err < TOL
+    # tinyrm itself reads the export (tinyrm.json) and scores as the run does, length correction included
+    rows = _rows(3)
+    args = ([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    mine, ref = RewardModel.load(out), RewardModel.load(minilm_run)
+    assert mine.length_slopes == SLOPES
+    assert max(abs(a - b) for a, b in zip(mine.score(*args), ref.score(*args))) < TOL
 
 
 def test_hf_bert_with_adapted_decoder_is_untied(tmp_path, minilm_path):
@@ -155,6 +172,16 @@ def test_hf_bert_with_adapted_decoder_is_untied(tmp_path, minilm_path):
     model, load = AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
     assert not any(load[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), load
     assert _pointwise_check(model.eval(), out, run, _rows(3)) < TOL
+
+
+@pytest.mark.xfail(strict=True, reason="weights.load_encoder ties the decoder to the embeddings whatever "
+                                       "config.json says, so an untied export loads with the wrong decoder")
+def test_tinyrm_reads_an_untied_export(tmp_path, modernbert_run):
+    out = export_model(modernbert_run, tmp_path / "hf")
+    rows = _rows(2)
+    args = ([r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows])
+    mine, ref = RewardModel.load(out), RewardModel.load(modernbert_run)
+    assert (mine.compare_logits(*args) - ref.compare_logits(*args)).abs().max().item() < TOL
 
 
 def _pairwise_check(model, folder, run, rows):

@@ -30,7 +30,7 @@ from .calibrate import load_slopes
 from .config import read_json
 from .dora import ADAPTER_PARAMS, adapted_modules
 from .errors import CheckpointError
-from .tokens import PAIRWISE_WORDS, POINTWISE_WORDS, answer_token_ids
+from .tokens import PAIRWISE_WORDS, POINTWISE_WORDS
 
 FORMATS = ("hf", "peft")
 INFO = "tinyrm.json"
@@ -187,18 +187,37 @@ def peft_config(enc, targets, to_save, bias, base: str) -> dict:
 
 
 # ---- writing ----
+TEMPLATES = {
+    "pairwise": "[CLS] {prefix} Question: {prompt} Choice 0: {a} [SEP] Choice 1: {b} Answer: [MASK] [SEP]",
+    "pointwise": "[CLS] {prefix} Question: {prompt} Response: {response} [SEP] Is the response good? Answer: [MASK] [SEP]",
+}
+
+
 def _readme(enc, info: dict, fmt: str) -> str:
-    ids = list(answer_token_ids(enc.tokenizer, info["answer_words"]))
-    w0, w1 = info["answer_words"]
-    load = ("model = AutoModelForMaskedLM.from_pretrained(THIS_FOLDER)" if fmt == "hf" else
-            f"model = PeftModel.from_pretrained(AutoModelForMaskedLM.from_pretrained({info['base']!r}), THIS_FOLDER)")
-    slopes = ("Subtract length_slopes[domain or \"*\"] * log(1 + characters of the response) from the reward "
-              "(tinyrm.json)." if info["length_slopes"] else "The reward is used raw (no length correction).")
-    return (f"# tinyrm reward model ({info['mode']}, exported as {fmt})\n\n"
-            f"    {load}\n\n"
-            f"The reward is logit({w0!r}, id {ids[0]}) - logit({w1!r}, id {ids[1]}) at the mask token of tinyrm's "
-            f"{info['mode']} cloze prompt (tinyrm/prompts.py; prefix {info['prefix']!r}, max_len {info['max_len']}). "
-            f"{slopes}\nBase model: {info['base']}. `tinyrm.RewardModel.load` reads tinyrm.json.\n")
+    """How to use the folder without tinyrm: what to load, the prompt, and which two logits make the reward."""
+    from .prompts import Cloze
+
+    cz = Cloze.for_encoder(enc, info["mode"], info["prefix"], info["max_len"])
+    (w0, w1), (i0, i1) = cz.words, cz.answer_ids
+    prefixes = {d: cz.prefix_for(d) for d in ("chat", "reasoning", "safety")}
+    prefix = (repr(prefixes["chat"]) if len(set(prefixes.values())) == 1 else
+              "by domain, " + ", ".join(f"{d}: {t!r}" for d, t in prefixes.items()) + " (chat when unknown)")
+    if fmt == "hf":
+        load = ("    model = AutoModelForMaskedLM.from_pretrained(THIS_FOLDER)\n"
+                "    rm = tinyrm.RewardModel.load(THIS_FOLDER)          # tinyrm itself, reading tinyrm.json\n")
+    else:
+        load = (f"    base = AutoModelForMaskedLM.from_pretrained({info['base']!r})   # the base trained on\n"
+                "    model = PeftModel.from_pretrained(base, THIS_FOLDER)\n\n"
+                "(tinyrm itself reads the --format hf export.)\n")
+    use = (("z" if info["mode"] == "pairwise" else "reward") + f" = logit at [MASK] of {w0!r} (id {i0}) minus that of {w1!r} (id {i1})" +
+           (": the log-odds that Choice 0 is better; average both orders, (z_ab - z_ba) / 2."
+            if info["mode"] == "pairwise" else "."))
+    if info["length_slopes"]:
+        use += (' Then subtract length_slopes[domain] ("*" without one) * log(1 + characters of the response), '
+                "slopes in tinyrm.json.")
+    return (f"# tinyrm reward model ({info['mode']}, exported as {fmt})\n\n{load}\n"
+            f"Prompt (token_type_ids 1 after the first [SEP]; tinyrm/prompts.py builds it piece by piece and "
+            f"truncates it to {cz.max_len} tokens):\n\n    {TEMPLATES[info['mode']]}\n\nprefix: {prefix}\n\n{use}\n")
 
 
 def _write_folder(out: Path, write) -> Path:
