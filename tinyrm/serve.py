@@ -294,6 +294,8 @@ def serve(rm, host: str = "127.0.0.1", port: int = 8000, **kw) -> None:
           "GET /health)", flush=True)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:                # Ctrl-C is how a server is stopped: not an error
+        print("tinyrm: stopped", flush=True)
     finally:
         server.server_close()
         server.batcher.close()
