@@ -174,8 +174,6 @@ def test_hf_bert_with_adapted_decoder_is_untied(tmp_path, minilm_path):
     assert _pointwise_check(model.eval(), out, run, _rows(3)) < TOL
 
 
-@pytest.mark.xfail(strict=True, reason="weights.load_encoder ties the decoder to the embeddings whatever "
-                                       "config.json says, so an untied export loads with the wrong decoder")
 def test_tinyrm_reads_an_untied_export(tmp_path, modernbert_run):
     out = export_model(modernbert_run, tmp_path / "hf")
     rows = _rows(2)

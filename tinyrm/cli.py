@@ -41,6 +41,11 @@ def _train(args) -> int:
         what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
         print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
               f"length-corrected {s['corrected_val_score']:.4f}")
+    from .plot import plot_run
+    try:
+        print(f"training curves: {plot_run(s['run_dir'])}")
+    except TinyrmError as e:                  # matplotlib is optional: the run itself is complete
+        print(f"no training curves ({e})")
     return 0
 
 

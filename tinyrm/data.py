@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import DataError
+from .prompts import render_turns
 
 
 class RowError(ValueError):
@@ -65,17 +66,6 @@ class SkipReport:
 
 
 # ---- rendering ----
-
-_ROLES = {"user": "User", "human": "User", "assistant": "Assistant", "system": "System"}
-
-
-def render_turns(turns: list[tuple[str, str]]) -> str:
-    """[(role, text)] -> prompt text, by the module's one rendering rule (see the docstring)."""
-    turns = [(_ROLES.get(r.lower(), r.capitalize()), t.strip()) for r, t in turns]
-    if len(turns) == 1 and turns[0][0] == "User":
-        return turns[0][1]
-    return "\n\n".join(f"{r}: {t}" for r, t in turns)
-
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ASSISTANT = "\n\nAssistant:"

@@ -45,6 +45,19 @@ POINTWISE_PREFIX = "Judge the response to the question."
 POINTWISE_QUESTION = "Is the response good? Answer:"
 
 
+# A conversation before the response, rendered as the prompt text (one rule for every data format and
+# for callers such as TRL that pass message lists): a single user turn is its text, else `Role: text` blocks.
+_ROLES = {"user": "User", "human": "User", "assistant": "Assistant", "system": "System"}
+
+
+def render_turns(turns: list[tuple[str, str]]) -> str:
+    """[(role, text)] -> prompt text, by the module's one rendering rule (see the docstring)."""
+    turns = [(_ROLES.get(r.lower(), r.capitalize()), t.strip()) for r, t in turns]
+    if len(turns) == 1 and turns[0][0] == "User":
+        return turns[0][1]
+    return "\n\n".join(f"{r}: {t}" for r, t in turns)
+
+
 class TemplateTooLong(TinyrmError):
     """max_len cannot hold the template plus at least one token of every non-empty response."""
 

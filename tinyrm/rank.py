@@ -16,7 +16,7 @@ within one call. A single candidate gets 0.0.
 """
 from __future__ import annotations
 
-from .data import render_turns
+from .prompts import render_turns
 from .errors import TinyrmError
 
 

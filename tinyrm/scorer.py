@@ -104,6 +104,10 @@ class RewardModel:
             return cls._load_checkpoint(ckpt, device, dtype, **kw)
         if (path / "tinyrm.json").is_file():
             s = read_json(path / "tinyrm.json", "")
+            if s.get("format") != "tinyrm-model":
+                raise CheckpointError(f"{path / 'tinyrm.json'}: format {s.get('format')!r} is not a merged model "
+                                      "(a PEFT export loads with peft onto its base; `tinyrm export --format hf` "
+                                      "writes one tinyrm loads)")
             opts = {k: s[k] for k in ("mode", "prefix", "max_len") if k in s}
             rm = cls(load_encoder(path, dtype=dtype, device=device), **{**opts, **kw})
             rm.length_slopes = s.get("length_slopes") if rm.mode == "pointwise" else None

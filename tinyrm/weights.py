@@ -109,7 +109,9 @@ def load_encoder(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
         state[key] = t.to(device=device, dtype=dtype)
 
     tied = _tied(model)
-    missing = set(expected) - set(state) - {tied}
+    # an exported model whose decoder was adapted carries its own decoder matrix (tie_word_embeddings false)
+    untied = cfg.extra.get("tie_word_embeddings") is False
+    missing = set(expected) - set(state) - (set() if untied else {tied})
     head_keys = {k for k in missing if k.startswith("cls.predictions.")}
     if cfg.arch == "bert" and head_keys and not any(k.startswith("cls.predictions.") for k in state):
         missing -= head_keys
@@ -122,7 +124,8 @@ def load_encoder(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
     model.load_state_dict(state, strict=False, assign=True)
     if head_keys:
         _build_missing_head(model, head_keys, dtype, device)
-    model.tie_weights()  # the decoder shares the (now real) embedding matrix
+    if not untied:
+        model.tie_weights()  # the decoder shares the (now real) embedding matrix
     model.tokenizer = tok
     model.source = str(folder)
     return model.eval()

@@ -1,0 +1,104 @@
+"""The command line as a user meets it: missing data stops within seconds with one line that names the
+fix, every user error is one `error: ...` line with exit status 2 (never a traceback), `.jsonl.gz` reads
+like `.jsonl`, and `tinyrm train --data FILE` trains on the user's own files."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tinyrm.cli import main
+
+from conftest import write_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(n, seed=0):
+    import random
+    rng = random.Random(seed)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    out = []
+    for _ in range(n):
+        w, v = rng.sample(words, 2)
+        out.append({"prompt": f"Repeat the word: {w}", "chosen": w, "rejected": v, "domain": "chat"})
+    return out
+
+
+def _cli(args, cwd, env=None, timeout=120):
+    """`python -m tinyrm.cli ARGS` in `cwd` -> (exit status, stdout, stderr, seconds)."""
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "tinyrm.cli", *args], cwd=cwd, capture_output=True, text=True,
+                       env={**os.environ, **(env or {})}, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr, time.time() - t0
+
+
+def _one_error_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_missing_data_stops_train_and_eval_with_one_line_and_no_run_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"TINYRM_DATA": str(empty)}
+    code, _, err, secs = _cli(["train", "--recipe", "default"], tmp_path, env)
+    line = _one_error_line(err)
+    assert code == 2 and secs < 30
+    assert str(empty / "train" / "rmb-chat.jsonl.gz") in line and "tinyrm data" in line   # the first file of the mix
+    assert not (tmp_path / "runs").exists()
+    code, _, err, secs = _cli(["eval", "--model", str(tmp_path)], tmp_path, env)
+    line = _one_error_line(err)
+    assert code == 2 and secs < 30 and str(empty / "rewardbench" / "filtered.jsonl") in line and "tinyrm data" in line
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_rows(1)[0]) + "\n" + json.dumps(_rows(2)[1]) + "\n{oops\n")
+    cases = [
+        (["train", "--recipe", "default", "--data", str(bad), "--skip_bad", "false"], f"{bad}:3: bad JSON"),
+        (["train", "--recipe", "default", "--data", str(tmp_path / "nope.jsonl")], str(tmp_path / "nope.jsonl")),
+        (["eval", "--model", str(tmp_path / "no-model"), "--data", str(bad)], str(tmp_path / "no-model")),
+        (["train", "--recipe", "default", "--no_such_key", "1"], "unknown override '--no_such_key'"),
+        (["train", "--recipe", str(tmp_path / "r.toml")], str(tmp_path / "r.toml")),
+    ]
+    (tmp_path / "r.toml").write_text('model = "x"\nbogus = 1\n')
+    for argv, want in cases:
+        assert main(argv) == 2, argv
+        line = _one_error_line(capsys.readouterr().err)
+        assert want in line, (argv, line)
+    with pytest.raises(Exception):            # --debug shows the real exception instead
+        main(["--debug", "train", "--recipe", str(tmp_path / "r.toml")])
+
+
+def test_own_data_trains_and_gz_reads_like_jsonl(tmp_path, minilm_path):
+    """`tinyrm train --data A.jsonl B.jsonl.gz`: the user's files replace the recipe's mix, validation is
+    carved from them, and a gzip file gives exactly the rows of its plain copy."""
+    from tinyrm.data import read_pairs
+    from tinyrm.recipe import load_recipe
+
+    model = write_tiny_bert(tmp_path / "tiny", minilm_path)
+    plain, packed = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in _rows(40, 1)))
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in _rows(40, 2)))
+    unzipped = tmp_path / "b.jsonl"
+    unzipped.write_text(gzip.decompress(packed.read_bytes()).decode())
+    assert read_pairs(packed)[0] == [p.__class__(**{**vars(p), "source": "b"}) for p in read_pairs(unzipped)[0]]
+
+    cfg = load_recipe("default", ["--model", str(model)], data_files=[str(plain), str(packed)])
+    assert [e.path for e in cfg.data] == [str(plain), str(packed)] and cfg.val == []
+    args = ["train", "--recipe", "default", "--data", str(plain), str(packed), "--model", str(model),
+            "--max_steps", "2", "--amp", "off", "--length_expert", "false", "--length_correct", "false",
+            "--max_len", "64", "--val_max_pairs", "8", "--eval_every", "2", "--runs_dir", str(tmp_path / "runs")]
+    code, out, err, _ = _cli(args, tmp_path)
+    assert code == 0, err
+    run = Path(out.split("run folder: ")[1].split()[0])
+    config = json.loads((run / "config.json").read_text())
+    assert [e["path"] for e in config["data"]] == [str(plain), str(packed)]
+    assert (run / "best" / "adapter.safetensors").is_file()
