@@ -66,11 +66,13 @@ def test_scorer_subtracts_slope_times_log_length(tiny_bert):
     # compare() goes through score(): the corrected difference
     z = rm.compare_logits(q[:1], resp[1:2], resp[:1], ["chat"])
     r_long, r_short = rm.score(q[:2], resp[1::-1], ["chat", "chat"])
-    assert float(z) == pytest.approx(r_long - r_short, abs=2 * reward_bound(rm.enc) + f32_bound(r_long, r_short, n_terms=2))
+    assert float(z) == pytest.approx(r_long - r_short,
+                                     abs=2 * reward_bound(rm.enc) + f32_bound(r_long, r_short, n_terms=2))
     rm.length_slopes = None
     raw_long, raw_short = rm.score(q[:2], resp[1::-1], ["chat", "chat"])
     assert float(z) == pytest.approx(raw_long - raw_short - 0.7 * (math.log1p(20) - math.log1p(1)),
-                                     abs=2 * reward_bound(rm.enc) + f32_bound(raw_long, raw_short, 0.7 * math.log1p(20), n_terms=4))
+                                     abs=2 * reward_bound(rm.enc)
+                                     + f32_bound(raw_long, raw_short, 0.7 * math.log1p(20), n_terms=4))
 
 
 def _cfg(tiny_bert, tmp_path, **kw):
@@ -121,7 +123,8 @@ def test_every_validation_fits_both_rewards_and_keeps_the_better(tiny_bert, tmp_
     delta = reward_bound(rm.enc)                             # the training run's forwards vs these
     subsets = {d: [x for x, e in zip(xs, doms) if e == d] for d in set(doms)} | {"*": xs}
     if i > 0:
-        assert slopes == pytest.approx(row["length_slopes"], abs=max(ols_slope_bound(v, delta) for v in subsets.values()))
+        assert slopes == pytest.approx(row["length_slopes"],
+                                       abs=max(ols_slope_bound(v, delta) for v in subsets.values()))
     rm.length_slopes = slopes
     corrected = rm.score(q, resp, doms)
     for dom in ("chat", "safety"):
@@ -174,7 +177,8 @@ def test_for_inference_merges_and_gives_the_training_mode_back(tiny_bert, tmp_pa
         merged = validate(enc, cfg, val)
     assert enc.training and not any(m.merged for m in adapted_modules(enc).values())
     # softplus is 1-Lipschitz: the mean loss moves no more than a pair logit r_a − r_b (2 rewards)
-    assert merged["val_loss"] == pytest.approx(plain["val_loss"], abs=2 * reward_bound(enc) + f32_bound(plain["val_loss"], n_terms=len(val)))
+    assert merged["val_loss"] == pytest.approx(plain["val_loss"],
+                                               abs=2 * reward_bound(enc) + f32_bound(plain["val_loss"], n_terms=len(val)))
     assert merged["val_acc"] == plain["val_acc"]
 
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 from tinyrm.dora import DoRALinear, adapted_modules, add_dora, freeze_layers, merge_all, param_summary
 from tinyrm.kernels.dora import base_row_norm_sq, dora_row_norm
 
-from tolerance import f32_bound, f32_tol, magnitude  # noqa: E402  float32 bounds from the computation (tests/tolerance.py)
+from tolerance import f32_bound, f32_tol, magnitude  # noqa: E402  float32 bounds (tests/tolerance.py)
 # the first unfrozen layer's input needs no grad, so its full backward hook fires on outputs only: expected
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
@@ -583,7 +583,8 @@ def test_real_minilm_bert_targets_match_transformers_peft(minilm_path):
         got = enc.encode(ids, mask)
     m = mask.bool()
     # the longest sum (intermediate 1536) once per layer and in the embeddings' norm
-    torch.testing.assert_close(got[m].double(), ref[m], **f32_tol(ref[m], n_terms=1536, steps=enc.config.num_layers + 1))
+    torch.testing.assert_close(got[m].double(), ref[m],
+                               **f32_tol(ref[m], n_terms=1536, steps=enc.config.num_layers + 1))
 
 
 @pytest.mark.parametrize("tokens", [3, 200])  # both sides of the scale-weight / scale-output switch

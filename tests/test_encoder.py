@@ -143,4 +143,5 @@ def test_last_layer_at_mask_rows_only(arch, tiny_modernbert, minilm_path):
     rows = p.cu_seqlens[:-1] + torch.tensor([20, 3, 8, 25, 0])
     with torch.no_grad():
         whole = enc.encode_packed(p)                   # the last layer runs on other row counts: sides=2
-        torch.testing.assert_close(enc.encode_packed(p, rows), whole[rows], **encoder_tol(enc, whole, sides=2, layers=1))
+        torch.testing.assert_close(enc.encode_packed(p, rows), whole[rows],
+                                   **encoder_tol(enc, whole, sides=2, layers=1))
