@@ -195,5 +195,7 @@ def test_pairwise_model_compares_and_ranks_but_gives_no_rewards(enc):
         assert status == 200 and out["order"] == order
         assert out["scores"] == pytest.approx(scores, abs=reward_bound(rm.enc))
         assert request(port, "POST", "/rank", {"prompt": "q", "candidates": []})[0] == 400
+        status, out = request(port, "POST", "/rank", {"prompt": "q", "candidates": ["x"] * 65})
+        assert status == 400 and "at most 64" in out["error"]
     finally:
         stop(server)

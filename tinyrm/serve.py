@@ -39,6 +39,7 @@ from .rank import rank_many
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 << 20
+MAX_PAIRWISE_CANDIDATES = 64          # /rank on a pairwise model: 64 candidates are 4032 sequences
 
 
 class BadRequest(ValueError):
@@ -166,6 +167,9 @@ def _rank(b: Batcher, data: dict) -> dict:
     candidates = _strs(data, "candidates")
     if not candidates:
         raise BadRequest("candidates must not be empty")
+    if b.rm.mode == "pairwise" and len(candidates) > MAX_PAIRWISE_CANDIDATES:
+        raise BadRequest(f"{len(candidates)} candidates: a pairwise model ranks at most {MAX_PAIRWISE_CANDIDATES} "
+                         "per request (it scores n(n-1) sequences)")
     order, scores = b.submit("rank", [prompt], [candidates], [domain])[0]
     return {"order": order, "scores": scores}
 
