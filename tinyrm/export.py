@@ -30,7 +30,9 @@ from .calibrate import load_slopes
 from .config import read_json
 from .dora import ADAPTER_PARAMS, adapted_modules
 from .errors import CheckpointError
+from .prompts import Cloze
 from .tokens import PAIRWISE_WORDS, POINTWISE_WORDS
+from .weights import load_encoder
 
 FORMATS = ("hf", "peft")
 INFO = "tinyrm.json"
@@ -59,8 +61,6 @@ def _base_folder(base: str, meta: dict, meta_file: Path) -> Path:
 
 def load_run(path: str | os.PathLike):
     """(encoder with the adapter loaded, in eval mode; tinyrm.json dict; names of trained base weights)."""
-    from .weights import load_encoder
-
     ckpt = find_checkpoint(Path(path))
     meta = read_json(ckpt / "adapter.json", "not found")
     train = meta.get("train") or {}
@@ -195,8 +195,6 @@ TEMPLATES = {
 
 def _readme(enc, info: dict, fmt: str) -> str:
     """How to use the folder without tinyrm: what to load, the prompt, and which two logits make the reward."""
-    from .prompts import Cloze
-
     cz = Cloze.for_encoder(enc, info["mode"], info["prefix"], info["max_len"])
     (w0, w1), (i0, i1) = cz.words, cz.answer_ids
     prefixes = {d: cz.prefix_for(d) for d in ("chat", "reasoning", "safety")}
