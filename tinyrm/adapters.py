@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from .atomic import atomic_path, atomic_write
+from .atomic import atomic_write
 from .config import read_json
 from .dora import ADAPTER_PARAMS, _encoder, adapted_modules, add_dora
 from .errors import CheckpointError
@@ -88,9 +88,11 @@ def _frozen_layers(model: nn.Module) -> int | None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp),
-                  metadata=metadata)
+    # serialised in memory and written by Python: safetensors' save_file reports no error when the
+    # disk is full (seen with 0.8 on /dev/full), which would leave a short file behind a valid sidecar
+    data = safetensors_bytes({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+                             metadata=metadata)
+    atomic_write(path, data)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -119,12 +121,31 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, meta: dict | None = 
     return path
 
 
+def _strs(x) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+# what load_adapter reads from a sidecar, checked before use so a hand-edited file fails naming its key
+_SIDECAR_TYPES = {
+    "rank": lambda x: isinstance(x, int) and not isinstance(x, bool) and x > 0,
+    "alpha": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+    "use_dora": lambda x: isinstance(x, bool),
+    "dropout": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1,
+    "targets": _strs, "modules": _strs, "trainable_base": _strs,
+    "sha256": lambda x: isinstance(x, str),
+    "base_hash": lambda x: x is None or isinstance(x, str),
+}
+
+
 def read_sidecar(path: str | os.PathLike) -> dict:
     side = sidecar_path(path)
     info = read_json(side, f"adapter sidecar not found (written next to {Path(path).name})")
     if info.get("format") != FORMAT or info.get("version") != VERSION:
         raise CheckpointError(f"{side}: not a {FORMAT} v{VERSION} sidecar "
                               f"(format={info.get('format')!r}, version={info.get('version')!r})")
+    for key, ok in _SIDECAR_TYPES.items():
+        if key in info and not ok(info[key]):
+            raise CheckpointError(f"{side}: key {key!r} has the wrong type or value ({str(info[key])[:80]!r})")
     return info
 
 
@@ -142,6 +163,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, base_hash: str | Non
     if _sha256(path).hexdigest() != info.get("sha256"):
         raise CheckpointError(f"{path}: contents do not match key 'sha256' of {side} (corrupted or replaced)")
     if "rank" in info:
+        for key in ("alpha", "use_dora", "targets", "modules"):
+            if key not in info:
+                raise CheckpointError(f"{side}: missing key {key!r}")
         if not adapted_modules(model):
             add_dora(model, info["rank"], info["alpha"], targets=info["targets"], use_dora=info["use_dora"],
                      dropout=info.get("dropout", 0.0))

@@ -22,6 +22,24 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _named(e: OSError, path: Path, tmp: Path | None = None) -> OSError:
+    """The error naming `path`: a failed write() (a full disk) names no file by itself, and the CLI prints
+    `error: PATH: reason` only when it has one; a failure on the temporary file is reported as its target's."""
+    if (e.filename is None or (tmp is not None and e.filename == str(tmp))) and e.errno is not None:
+        return OSError(e.errno, e.strerror or str(e), str(path))
+    return e
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write and flush `data` to `path` (not atomic: for files inside a folder that is swapped in whole).
+    A failure (ENOSPC, EIO) is an OSError naming `path`."""
+    try:
+        with open(path, "wb") as f:     # a full disk may fail the write or only the flush at close
+            f.write(data)
+    except OSError as e:
+        raise _named(e, path) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path to write `path` through; on success it is synced and renamed over `path`,
@@ -33,6 +51,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _named(e, path, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -42,7 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write text (UTF-8) or bytes to `path` atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        write_bytes(tmp, data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
 
 
@@ -57,7 +78,12 @@ def replace_dir(tmp: Path, final: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old.exists() and not final.exists():
+            os.replace(old, final)             # a failed swap puts the previous folder back
+        raise
     _fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)

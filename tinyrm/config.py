@@ -80,59 +80,91 @@ def read_json(path: Path, missing: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: {missing}")
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
-def _need(cfg: dict, key: str, path: Path):
-    if key not in cfg:
-        raise CheckpointError(f"{path}: missing key {key!r}")
-    return cfg[key]
+_REQUIRED = object()
 
 
-def _rope_theta(cfg: dict, kind: str, legacy: str, default: float) -> float:
+def _get(cfg: dict, key: str, path: Path, typ: type, default=_REQUIRED):
+    """cfg[key] checked against `typ` (int, float: a number, bool, str), or `default` when absent or null;
+    a CheckpointError naming the file and key otherwise."""
+    if cfg.get(key) is None:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{path}: missing key {key!r}")
+        return default
+    v = cfg[key]
+    ok = (int, float) if typ is float else (typ,)
+    if not isinstance(v, ok) or (typ is not bool and isinstance(v, bool)):
+        raise CheckpointError(f"{path}: key {key!r} must be {typ.__name__}, got {type(v).__name__} {str(v)[:60]!r}")
+    return typ(v)
+
+
+def _size(cfg: dict, key: str, path: Path) -> int:
+    v = _get(cfg, key, path, int)
+    if v <= 0:
+        raise CheckpointError(f"{path}: key {key!r} must be > 0, got {v}")
+    return v
+
+
+def _rope_theta(cfg: dict, kind: str, legacy: str, default: float, path: Path) -> float:
     """Read a rotary base from either dialect: legacy `global_rope_theta` or transformers-5 `rope_parameters`."""
     rp = cfg.get("rope_parameters")
     if isinstance(rp, dict):
         sub = rp.get(kind)
         if isinstance(sub, dict) and "rope_theta" in sub:
-            return float(sub["rope_theta"])
+            return _get(sub, "rope_theta", path, float)
         if "rope_theta" in rp and kind == "full_attention":
-            return float(rp["rope_theta"])
-    return float(cfg.get(legacy, default))
+            return _get(rp, "rope_theta", path, float)
+    return _get(cfg, legacy, path, float, default)
+
+
+def _layer_types(cfg: dict, n: int, path: Path) -> list[str] | None:
+    lt = cfg.get("layer_types")
+    if not lt:
+        return None
+    if not isinstance(lt, list) or len(lt) != n or not all(x in ("full_attention", "sliding_attention") for x in lt):
+        raise CheckpointError(f"{path}: key 'layer_types' must list 'full_attention'/'sliding_attention' "
+                              f"once per layer ({n})")
+    return list(lt)
 
 
 def config_from_hf(path: str | Path) -> EncoderConfig:
-    """Parse a Hugging Face `config.json` (ModernBERT in both dialects, or BERT)."""
+    """Parse a Hugging Face `config.json` (ModernBERT in both dialects, or BERT); every value used is
+    type-checked, so a damaged file fails here naming the key, not later inside the model."""
     path = Path(path)
     cfg = read_json(path, "config.json not found")
     mt = cfg.get("model_type")
-    common = dict(
-        vocab_size=_need(cfg, "vocab_size", path),
-        hidden_size=_need(cfg, "hidden_size", path),
-        num_layers=_need(cfg, "num_hidden_layers", path),
-        num_heads=_need(cfg, "num_attention_heads", path),
-        intermediate_size=_need(cfg, "intermediate_size", path),
-        extra=cfg,
-    )
+    common = dict(vocab_size=_size(cfg, "vocab_size", path), hidden_size=_size(cfg, "hidden_size", path),
+                  num_layers=_size(cfg, "num_hidden_layers", path), num_heads=_size(cfg, "num_attention_heads", path),
+                  intermediate_size=_size(cfg, "intermediate_size", path), extra=cfg)
+    if common["hidden_size"] % common["num_heads"]:
+        raise CheckpointError(f"{path}: key 'hidden_size' ({common['hidden_size']}) is not a multiple of "
+                              f"'num_attention_heads' ({common['num_heads']})")
+    g = lambda key, typ, default=_REQUIRED: _get(cfg, key, path, typ, default)  # noqa: E731
     if mt == "modernbert":
-        layer_types = cfg.get("layer_types")
         return EncoderConfig(
             arch="modernbert", **common,
-            norm_eps=float(cfg.get("norm_eps", 1e-5)),
-            global_every=int(cfg.get("global_attn_every_n_layers", 3)),
-            local_window=int(cfg.get("local_attention", 2 * cfg.get("sliding_window", 64))),
-            global_theta=_rope_theta(cfg, "full_attention", "global_rope_theta", 160000.0),
-            local_theta=_rope_theta(cfg, "sliding_attention", "local_rope_theta", 10000.0),
-            layer_types=list(layer_types) if layer_types else None,
-            norm_bias=bool(cfg.get("norm_bias", False)),
-            attention_bias=bool(cfg.get("attention_bias", False)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
-            head_bias=bool(cfg.get("classifier_bias", False)),
-            decoder_bias=bool(cfg.get("decoder_bias", True)),
-            max_position=int(cfg.get("max_position_embeddings", 8192)),
-            pad_id=int(cfg.get("pad_token_id", 50283)),
+            norm_eps=g("norm_eps", float, 1e-5),
+            global_every=g("global_attn_every_n_layers", int, 3),
+            local_window=g("local_attention", int, 2 * g("sliding_window", int, 64)),
+            global_theta=_rope_theta(cfg, "full_attention", "global_rope_theta", 160000.0, path),
+            local_theta=_rope_theta(cfg, "sliding_attention", "local_rope_theta", 10000.0, path),
+            layer_types=_layer_types(cfg, common["num_layers"], path),
+            norm_bias=g("norm_bias", bool, False), attention_bias=g("attention_bias", bool, False),
+            mlp_bias=g("mlp_bias", bool, False), head_bias=g("classifier_bias", bool, False),
+            decoder_bias=g("decoder_bias", bool, True),
+            max_position=g("max_position_embeddings", int, 8192),
+            pad_id=g("pad_token_id", int, 50283),
         )
     if mt == "bert":
         act = cfg.get("hidden_act", "gelu")
@@ -140,9 +172,9 @@ def config_from_hf(path: str | Path) -> EncoderConfig:
             raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (only exact 'gelu')")
         return EncoderConfig(
             arch="bert", **common,
-            norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
-            max_position=int(_need(cfg, "max_position_embeddings", path)),
-            type_vocab_size=int(cfg.get("type_vocab_size", 2)),
-            pad_id=int(cfg.get("pad_token_id", 0)),
+            norm_eps=g("layer_norm_eps", float, 1e-12),
+            max_position=_size(cfg, "max_position_embeddings", path),
+            type_vocab_size=g("type_vocab_size", int, 2),
+            pad_id=g("pad_token_id", int, 0),
         )
-    raise CheckpointError(f"{path}: unknown architecture model_type={mt!r} (supported: 'modernbert', 'bert')")
+    raise CheckpointError(f"{path}: unknown architecture model_type={str(mt)[:60]!r} (supported: 'modernbert', 'bert')")

@@ -174,16 +174,29 @@ def _stem(path: Path) -> str:
     return name
 
 
+MAX_LINE = 32 << 20     # bytes; a longer line is no preference row (a JSON array file, a binary file)
+
+
+def _capped_lines(f) -> Iterator[bytes]:
+    """The file's lines, each cut to MAX_LINE + 1 bytes (decode_json reports the cut ones): memory stays
+    bounded even for a file that is one huge line."""
+    while line := f.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass                          # skip the rest of the long line
+        yield line
+
+
 def json_lines(path) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) for every non-blank line of a .jsonl or .jsonl.gz file, read as bytes so
     that one bad line is reported by number (decode_json); a gzip stream cut short or corrupt is a
-    DataError at the line where it broke. Memory stays bounded: one line at a time."""
+    DataError at the line where it broke. Memory stays bounded: one line (at most MAX_LINE) at a time."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     lineno = 0
     try:
         with opener(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
+            for lineno, line in enumerate(_capped_lines(f), 1):
                 if line.strip():
                     yield lineno, line
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
@@ -191,7 +204,9 @@ def json_lines(path) -> Iterator[tuple[int, bytes]]:
 
 
 def decode_json(path, lineno: int, line: bytes):
-    """One line's JSON value, or DataError("file:line: not UTF-8" / "bad JSON")."""
+    """One line's JSON value, or DataError("file:line: not UTF-8" / "bad JSON" / "line too long")."""
+    if len(line.rstrip(b"\r\n")) > MAX_LINE:
+        raise DataError(path, lineno, "line too long", f"over {MAX_LINE >> 20} MiB")
     try:
         return json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as e:

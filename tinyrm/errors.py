@@ -18,6 +18,10 @@ class RecipeError(TinyrmError):
     """A recipe or command-line setting that cannot be used; the message names the file and the key."""
 
 
+class TrainingDiverged(TinyrmError):
+    """Training met a non-finite loss or gradient in max_bad_steps optimiser steps in a row; names the step."""
+
+
 class MissingData(TinyrmError):
     """A data file a command needs is absent; the message names it and the command that fetches it."""
 

@@ -8,6 +8,7 @@ are taken from the working directory.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class TrainConfig:
     amp: str = "auto"                   # "bf16": autocast matmuls to bfloat16 (weights, grads, optimiser stay
                                         # float32); "off"; "auto" = bf16 on CUDA, off on CPU
     seed: int = 17
+    max_bad_steps: int = 3              # stop after this many optimiser steps in a row with a NaN/inf gradient
     # data
     data: list[MixEntry] = field(default_factory=list)
     val: list[MixEntry] = field(default_factory=list)
@@ -92,10 +94,51 @@ def _entries(rows: list[dict], where: str) -> list[MixEntry]:
         if "synth" in r and r["synth"] not in SYNTH_KINDS:
             raise RecipeError(f"{where}: entry {i}: synth must be {' or '.join(map(repr, SYNTH_KINDS))}, "
                               f"got {r['synth']!r}")
-        p = str(expand_data(str(r["path"])).absolute()) if "path" in r else None
+        _entry_types(r, f"{where}: entry {i}")
+        p = str(expand_data(r["path"]).absolute()) if "path" in r else None
         out.append(MixEntry(path=p, weight=float(r.get("weight", 1.0)), domain=r.get("domain"),
                             max_rows=r.get("max_rows"), synth=r.get("synth")))
     return out
+
+
+def _entry_types(r: dict, where: str) -> None:
+    """A [[data]] / [[val]] table's values: path and domain strings, weight a finite number >= 0,
+    max_rows an int >= 0."""
+    for k in ("path", "domain", "synth"):
+        if k in r and not isinstance(r[k], str):
+            raise RecipeError(f"{where}: {k} must be a string, got {type(r[k]).__name__} {r[k]!r}")
+    w = r.get("weight", 1.0)
+    if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+        raise RecipeError(f"{where}: weight must be a finite number >= 0, got {w!r}")
+    m = r.get("max_rows")
+    if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 0):
+        raise RecipeError(f"{where}: max_rows must be an int >= 0, got {m!r}")
+
+
+# the allowed values of each field that has limits beyond its type; anything else only needs its type
+_POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "save_every", "val_max_pairs",
+             "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip"}
+_NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin"}
+_FRACTION = {"dropout", "val_frac", "warmup_frac"}           # in [0, 1)
+_CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc")}
+
+
+def _check_value(name: str, value, where: str) -> None:
+    """Raise RecipeError(`where`: ...) for a value of the right type that the trainer cannot use."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{where}: must be a finite number, got {value!r}")
+    if name in _POSITIVE and not value > 0:
+        raise RecipeError(f"{where}: must be > 0, got {value!r}")
+    if name in _NON_NEGATIVE and not value >= 0:
+        raise RecipeError(f"{where}: must be >= 0, got {value!r}")
+    if name in _FRACTION and not 0 <= value < 1:
+        raise RecipeError(f"{where}: must be in [0, 1), got {value!r}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise RecipeError(f"{where}: must be one of {', '.join(map(repr, _CHOICES[name]))}, got {value!r}")
+    if name == "betas" and (len(value) != 2 or not all(0 <= b < 1 and math.isfinite(b) for b in value)):
+        raise RecipeError(f"{where}: must be two numbers in [0, 1), got {list(value)!r}")
+    if name == "targets" and not value:
+        raise RecipeError(f"{where}: must name at least one module kind")
 
 
 def _coerce(f, value, where: str):
@@ -108,15 +151,25 @@ def _coerce(f, value, where: str):
             return value.lower() in ("true", "1", "yes")
         if typ in (int, float):
             try:
-                return typ(value)
+                value = typ(value)
             except ValueError:
                 raise RecipeError(f"{where}: expected {typ.__name__}, got {value!r}") from None
-        items = [v.strip() for v in value.split(",") if v.strip()]
-        value = [float(v) for v in items] if typ is tuple else items
+        else:
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            try:
+                value = [float(v) for v in items] if typ is tuple else items
+            except ValueError:
+                raise RecipeError(f"{where}: expected numbers separated by commas, got {value!r}") from None
     ok = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,), tuple: (list, tuple)}[typ]
     if not isinstance(value, ok) or (typ is not bool and isinstance(value, bool)):
         raise RecipeError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
-    return tuple(value) if typ is tuple else float(value) if typ is float else value
+    item = {list: str, tuple: float}.get(typ)              # targets: strings; betas: numbers
+    if item and not all(isinstance(v, (int, float) if item is float else str) and not isinstance(v, bool)
+                        for v in value):
+        raise RecipeError(f"{where}: expected a list of {item.__name__}, got {value!r}")
+    value = tuple(float(v) for v in value) if typ is tuple else float(value) if typ is float else value
+    _check_value(f.name, value, where)
+    return value
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None,
@@ -185,6 +238,12 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
         raw["data"] = [MixEntry(**e) for e in raw["data"]]
         raw["val"] = [MixEntry(**e) for e in raw["val"]]
         raw["betas"] = tuple(raw["betas"])
-        return TrainConfig(**raw)
-    except (ValueError, KeyError, TypeError) as e:
-        raise RecipeError(f"{f}: not a run config ({e})") from None
+        cfg = TrainConfig(**raw)
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise RecipeError(f"{f}: not a run config ({str(e)[:200]})") from None
+    for fl in fields(TrainConfig):      # a hand-edited config.json: every value of the right type and range
+        if fl.name not in ("data", "val"):
+            setattr(cfg, fl.name, _coerce(fl, getattr(cfg, fl.name), f"{f}: key {fl.name!r}"))
+    for e in cfg.data + cfg.val:
+        _entry_types({k: v for k, v in vars(e).items() if v is not None}, f"{f}: data entry {e.path or e.synth!r}")
+    return cfg

@@ -29,6 +29,7 @@ from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, slopes_tex
 from .checkpoint import find_resumable, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .dora import add_dora, freeze_layers, param_summary
 from .errors import RecipeError
+from .guard import note_step
 from .mix import load_data
 from .prompts import Cloze
 from .recipe import TrainConfig, check_files, needed_files
@@ -225,14 +226,17 @@ def train_step(run: Run, step: int) -> dict:
         diffs.append(d)
         tokens += n
     gnorm = torch.nn.utils.clip_grad_norm_([p for g in run.opt.param_groups for p in g["params"]], cfg.grad_clip)
-    run.opt.step()
+    finite = bool(torch.isfinite(gnorm))     # a NaN/inf gradient is not applied; the lr schedule still steps
+    if finite:
+        run.opt.step()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
+    bad = note_step(run, finite, step)        # the row's skip counts; raises after max_bad_steps in a row
     d = torch.cat(diffs)
     return {"step": step + 1, "lr": run.sched.get_last_lr()[0], "loss": bradley_terry_loss(d).item(),
             **preference_stats(d), "grad_norm": gnorm.item(), "tokens": tokens,
             "tokens_per_s": tokens / (time.time() - ts), "elapsed": time.time() - run.t0,
-            **({f"length_beta_{k}": b for k, b in run.expert.values().items()} if run.expert else {})}
+            **({f"length_beta_{k}": b for k, b in run.expert.values().items()} if run.expert else {}), **bad}
 
 
 def save_last(run: Run, done: int) -> None:

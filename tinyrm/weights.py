@@ -27,18 +27,29 @@ def _tensor_files(folder: Path) -> dict[str, Path]:
     """key -> file holding it, from model.safetensors or a sharded index."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        with safe_open(str(single), "pt") as f:
+        with _open_tensors(single) as f:
             return {k: single for k in f.keys()}
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a safetensors index ({e!r})") from None
+            weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to shard file names")
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({str(e)[:200]})") from None
         for shard in set(weight_map.values()):
             if not (folder / shard).is_file():
                 raise CheckpointError(f"{index}: shard {shard!r} not found in {folder}")
         return {k: folder / v for k, v in weight_map.items()}
     raise CheckpointError(f"{folder}: neither model.safetensors nor model.safetensors.index.json found")
+
+
+def _open_tensors(file: Path):
+    """safe_open, or a CheckpointError naming the file: safetensors raises its own error types for a
+    truncated or garbled header."""
+    try:
+        return safe_open(str(file), "pt", device="cpu")
+    except Exception as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
 
 
 def _map_key(arch: str, key: str) -> str | None:
@@ -101,8 +112,11 @@ def load_encoder(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
         if key not in expected:
             raise CheckpointError(f"{file}: unexpected key {ckey!r} for a {cfg.arch} model")
         if file not in handles:
-            handles[file] = safe_open(str(file), "pt", device="cpu")
-        t = handles[file].get_tensor(ckey)
+            handles[file] = _open_tensors(file)
+        try:
+            t = handles[file].get_tensor(ckey)
+        except Exception as e:   # a file cut short after its header: the tensor's bytes are not there
+            raise CheckpointError(f"{file}: key {ckey!r} cannot be read ({str(e).splitlines()[0][:200]})") from None
         if tuple(t.shape) != tuple(expected[key]):
             raise CheckpointError(f"{file}: key {ckey!r} has shape {tuple(t.shape)}, "
                                   f"expected {tuple(expected[key])} from config.json")
