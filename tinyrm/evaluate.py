@@ -15,8 +15,7 @@ from pathlib import Path
 import tokenizers
 import torch
 
-from . import __version__
-
+from . import __version__, distributed as dp
 from .data import decode_json, json_lines, read_pairs
 from .errors import MissingData, TinyrmError
 from .paths import REWARDBENCH, data_root
@@ -51,14 +50,21 @@ def correctness(rm: RewardModel, prompts, chosen, rejected, domains):
 
 def evaluate_rewardbench(rm: RewardModel, path: Path, model_name: str, out_json: Path,
                          extra: dict | None = None) -> dict:
+    """Score the filtered split and write the JSON (+ chart). Under a launcher every rank scores its
+    shard of the rows (rows[rank::world]), the verdicts are gathered in input order, and rank 0 alone
+    prints and writes; every rank returns the same result."""
     t0 = time.time()
     rows = load_rewardbench(path)
     check_counts(rows)
-    domains = [SECTION_DOMAIN[SUBSET_SECTION[r["subset"]]] for r in rows]
-    correct, a, b = correctness(rm, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
-                                [r["rejected"] for r in rows], domains)
+    mine = dp.shard(rows)
+    domains = [SECTION_DOMAIN[SUBSET_SECTION[r["subset"]]] for r in mine]
+    local = correctness(rm, [r["prompt"] for r in mine], [r["chosen"] for r in mine],
+                        [r["rejected"] for r in mine], domains)
+    correct, a, b = (None if x is None else dp.gather_in_order(x, len(rows)) for x in local)
     result = score_from_correct([r["subset"] for r in rows], correct, order_a=a, order_b=b)
     seconds = time.time() - t0
+    if not dp.is_main():
+        return result
     print(markdown_table(result))
     print(f"\n{len(rows)} pairs in {seconds:.1f} s ({len(rows) / seconds:.1f} pairs/s)")
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -101,12 +107,12 @@ def cli(args) -> int:
     data = Path(args.data) if args.data else data_root() / REWARDBENCH
     check_files([data])
     model = resolve_model(args.model)
-    device = pick_device(args.device)
-    rm = RewardModel.load(model, device=device, max_tokens=args.batch_tokens, progress=True,
+    device = dp.init(pick_device(args.device))      # under a launcher: join the group, this rank's GPU
+    rm = RewardModel.load(model, device=device, max_tokens=args.batch_tokens, progress=dp.is_main(),
                           dtype=getattr(torch, args.dtype))
     if is_rewardbench(data):
         out = Path(args.out) if args.out else (model if model.is_dir() else Path(".")) / "rewardbench.json"
         evaluate_rewardbench(rm, data, str(model), out, extra=versions(device, args.dtype))
-    else:
+    elif dp.is_main():                               # any other file: scored whole by rank 0
         evaluate_file(rm, data)
-    return 0
+    return dp.finished(0)

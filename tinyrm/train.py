@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 
+from . import distributed as dp
 from .adapters import checkpoint_hash, load_adapter
 from .atomic import atomic_write
 from .batching import length_grouped_batches, micro_batches
 from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, slopes_text
-from .checkpoint import find_resumable, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import find_resumable, load_trainer_state, save_checkpoint
 from .dora import add_dora, freeze_layers, param_summary
 from .errors import RecipeError
 from .guard import note_step
@@ -155,24 +156,27 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = dp.init(pick_device(cfg.device))        # under a launcher: join the group, take this rank's GPU
     enc = prepare_model(cfg, device)
-    tqdm.write(f"model {cfg.model}: {param_summary(enc)}")
+    dp.say(f"model {cfg.model}: {param_summary(enc)}")
     train_pairs, val, notes = load_data(cfg)
     for n in notes:
-        tqdm.write(n)
+        dp.say(n)
     examples = build_examples(enc, cfg, train_pairs)
     steps = plan_steps(examples, cfg)
     expert = LengthExpert(train_pairs) if cfg.length_expert else None
     fit = fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed) if cfg.length_correct else None
     opt, sched = make_optimizer(enc, cfg, len(steps), expert)
+    dp.start_together([p for g in opt.param_groups for p in g["params"]], cfg.seed, (len(train_pairs), len(val), steps))
     cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
     meta = {"base": str(cfg.model), "base_path": str(Path(cfg.model).absolute()),
             "base_hash": checkpoint_hash(cfg.model), "train": cfg.to_dict(), "answer_words": list(cloze.words)}
     run_dir = Path(run_dir) if run_dir else Path(cfg.runs_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    tqdm.write(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
+    run_dir = Path(dp.broadcast_object(str(run_dir)))     # rank 0's name (its clock) on every rank
+    if dp.is_main():                                      # only rank 0 writes the run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    dp.say(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
     return Run(cfg, run_dir, enc, train_pairs, val, examples, steps, torch.tensor(cloze.answer_ids, device=device),
                autocast_for(cfg, device), opt, sched, meta, expert, fit)
 
@@ -190,11 +194,11 @@ def resume(run: Run) -> None:
                           f"length_expert = {str(had).lower()}")
     run.opt.load_state_dict(st["optimizer"])
     run.sched.load_state_dict(st["scheduler"])
-    set_rng_state(st["rng"])
+    dp.restore_rng(st, run.cfg.seed)                  # this rank's own state (rng_ranks under several)
     if run.expert is not None:
         run.expert.beta.data.copy_(st["length_expert"])
     run.start, run.best = st["step"], st["best"]
-    tqdm.write(f"resumed from {ckpt} at step {run.start}")
+    dp.say(f"resumed from {ckpt} at step {run.start}")
 
 
 def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
@@ -217,14 +221,15 @@ def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
 def train_step(run: Run, step: int) -> dict:
     """One optimiser step over the step's pairs, in micro-batches; returns its metrics row."""
     ts, cfg = time.time(), run.cfg
-    pairs = run.steps[step]
-    n_diffs = len(pairs) * (2 if cfg.mode == "pairwise" else 1)
+    pairs = dp.shard(run.steps[step])      # this rank's fixed slice; n_diffs counts the whole step's
+    n_diffs = len(run.steps[step]) * (2 if cfg.mode == "pairwise" else 1)   # diffs (see distributed.py)
     sizes = {i: sum(len(e.input_ids) for e, _ in run.examples[i]) for i in pairs}
     diffs, tokens = [], 0
     for mb in micro_batches(pairs, sizes, cfg.micro_tokens):
         d, n = step_loss(run.enc, cfg, run.examples, mb, run.vocab, n_diffs, run.autocast, run.expert)
         diffs.append(d)
         tokens += n
+    dp.sum_grads(p for g in run.opt.param_groups for p in g["params"])      # the whole step's gradient
     gnorm = torch.nn.utils.clip_grad_norm_([p for g in run.opt.param_groups for p in g["params"]], cfg.grad_clip)
     finite = bool(torch.isfinite(gnorm))     # a NaN/inf gradient is not applied; the lr schedule still steps
     if finite:
@@ -232,7 +237,7 @@ def train_step(run: Run, step: int) -> dict:
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
     bad = note_step(run, finite, step)        # the row's skip counts; raises after max_bad_steps in a row
-    d = torch.cat(diffs)
+    d, tokens = dp.gather_cat(diffs, run.vocab.device), dp.sum_int(tokens)  # every rank's pairs
     return {"step": step + 1, "lr": run.sched.get_last_lr()[0], "loss": bradley_terry_loss(d).item(),
             **preference_stats(d), "grad_norm": gnorm.item(), "tokens": tokens,
             "tokens_per_s": tokens / (time.time() - ts), "elapsed": time.time() - run.t0,
@@ -240,28 +245,34 @@ def train_step(run: Run, step: int) -> dict:
 
 
 def save_last(run: Run, done: int) -> None:
+    rngs = dp.rng_states()            # every rank calls this; rank 0 writes every rank's RNG state
     state = {"step": done, "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-             "rng": rng_state(), "best": run.best,
+             "rng": rngs[0], "best": run.best, **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
              **({"length_expert": run.expert.beta.detach().clone()} if run.expert else {})}
-    save_checkpoint(run.run_dir / "last", run.enc, {**run.meta, "step": done}, state)
+    if dp.is_main():
+        save_checkpoint(run.run_dir / "last", run.enc, {**run.meta, "step": done}, state)
 
 
 def loop(run: Run, stop_after: int | None = None) -> None:
     """The optimiser steps from run.start on, validating every eval_every and saving every save_every."""
     cfg, total, doms = run.cfg, len(run.steps), val_domains(run.val)
     run.enc.train()
-    bar = tqdm(range(run.start, total), initial=run.start, total=total, desc="train", unit="step")
+    bar = tqdm(range(run.start, total), initial=run.start, total=total, desc="train", unit="step",
+               disable=not dp.is_main())
     for step in bar:
         row = train_step(run, step)
-        run.record(row)
+        if dp.is_main():                # rank 0 writes: its row already holds every rank's pairs
+            run.record(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.2f}", tok_s=f"{row['tokens_per_s']:.0f}")
         done = step + 1
         if run.val and (done % cfg.eval_every == 0 or done == total):
-            v, _ = validate_and_keep(run, done)
-            per = " ".join(f"{d} {v['val_acc_' + d]:.3f}" for d in doms)
-            fix = f", length-corrected {v['corrected_val_score']:.4f}" if "corrected_val_score" in v else ""
-            bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}]{fix} (best "
-                      f"{run.best['val_score']:.4f} at {run.best['step']})")
+            if dp.is_main():            # rank 0 alone (it writes best/); the others wait at the barrier
+                v, _ = validate_and_keep(run, done)
+                per = " ".join(f"{d} {v['val_acc_' + d]:.3f}" for d in doms)
+                fix = f", length-corrected {v['corrected_val_score']:.4f}" if "corrected_val_score" in v else ""
+                bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}]{fix} (best "
+                          f"{run.best['val_score']:.4f} at {run.best['step']})")
+            dp.barrier()
         if done % cfg.save_every == 0 or done == total or done == stop_after:
             save_last(run, done)
         if done == stop_after:
@@ -280,10 +291,11 @@ def finish(run: Run) -> dict:
                **({"length_expert": run.expert.values()} if run.expert else {}),
                "select": cfg.select, "best_step": best["step"], "steps": len(run.steps),
                "train_pairs": len(run.train_pairs), "val_pairs": len(run.val), "seconds": time.time() - run.t0,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2))
-    atomic_write(run.run_dir.parent / "LATEST", run.run_dir.name + "\n")
-    return summary
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "processes": dp.world()}
+    if dp.is_main():
+        atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write(run.run_dir.parent / "LATEST", run.run_dir.name + "\n")
+    return dp.finished(summary)       # rank 0's summary (it alone validated) on every rank; the group ends
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int | None = None) -> dict:
@@ -291,7 +303,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     run = setup(cfg, run_dir)
     resume(run)
     if run.start == 0 and run.val:
-        tqdm.write(f"step 0 (untrained cloze): val_score {validate_and_keep(run, 0)[1]:.4f}")
+        dp.on_main(lambda: tqdm.write(f"step 0 (untrained cloze): val_score {validate_and_keep(run, 0)[1]:.4f}"))
     loop(run, stop_after)
     return finish(run)
 
