@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from .mix import load_data
 from .prompts import Cloze
 from .recipe import TrainConfig, check_files, needed_files
 from .scorer import mask_logits, pick_device
+from .summary import finish
 from .validation import for_inference, val_domains, validate_run
 from .weights import load_encoder
 
@@ -278,24 +278,6 @@ def loop(run: Run, stop_after: int | None = None) -> None:
         if done == stop_after:
             break
     bar.close()
-
-
-def finish(run: Run) -> dict:
-    """The summary dict, also written to summary.json; runs/LATEST names this run for `tinyrm eval`."""
-    best, cfg = run.best, run.cfg
-    corrected = {k: best.get(k) for k in ("raw_val_score", "corrected_val_score", "corrected_val_acc")
-                 } if cfg.length_correct else {}
-    summary = {"run_dir": str(run.run_dir), "best_val_score": best["val_score"],
-               "best_val_acc": best.get("val_acc", -1.0), **corrected,
-               "length_correction_applied": bool(best.get("length_corrected")),
-               **({"length_expert": run.expert.values()} if run.expert else {}),
-               "select": cfg.select, "best_step": best["step"], "steps": len(run.steps),
-               "train_pairs": len(run.train_pairs), "val_pairs": len(run.val), "seconds": time.time() - run.t0,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "processes": dp.world()}
-    if dp.is_main():
-        atomic_write(run.run_dir / "summary.json", json.dumps(summary, indent=2))
-        atomic_write(run.run_dir.parent / "LATEST", run.run_dir.name + "\n")
-    return dp.finished(summary)       # rank 0's summary (it alone validated) on every rank; the group ends
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int | None = None) -> dict:
