@@ -18,7 +18,7 @@ import torch
 
 from .adapters import save_adapter
 from .atomic import atomic_write, replace_dir, write_bytes
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 
 def rng_state() -> dict:
@@ -109,7 +109,7 @@ def load_trainer_state(ckpt: Path) -> dict:
     try:
         st = torch.load(f, weights_only=True)
     except Exception as e:   # torch raises several types for a truncated or foreign file
-        raise CheckpointError(f"{f}: not a readable trainer state ({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{f}: not a readable trainer state ({first_line(e)})") from None
     if not isinstance(st, dict):
         raise CheckpointError(f"{f}: not a trainer state (a {type(st).__name__}, not a dict)")
     for key, typ in _STATE_KEYS.items():

@@ -6,6 +6,13 @@ for a bad setting. They also derive from ValueError, so library callers can catc
 from __future__ import annotations
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """A foreign exception's message cut to its first line (or its type's name when it has none), to
+    quote inside one of ours."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
+
+
 class TinyrmError(ValueError):
     """Base of every error a user can cause and fix (bad data, checkpoint, recipe, missing file)."""
 

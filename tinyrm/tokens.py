@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 PAIRWISE_WORDS = ("0", "1")
 POINTWISE_WORDS = ("yes", "no")
@@ -25,7 +25,7 @@ def load_tokenizer(path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the tokenizers library raises its own exception type for a bad file
-        raise CheckpointError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a readable tokenizer.json ({first_line(e)})") from None
     tok.no_padding()
     tok.no_truncation()
     return tok

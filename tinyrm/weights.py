@@ -17,7 +17,7 @@ from safetensors import safe_open
 from .bert import Bert
 from .config import EncoderConfig, config_from_hf
 from .encoder import Encoder
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .modernbert import ModernBert
 from .tokens import Specials, load_tokenizer
 
@@ -49,7 +49,7 @@ def _open_tensors(file: Path):
     try:
         return safe_open(str(file), "pt", device="cpu")
     except Exception as e:
-        raise CheckpointError(f"{file}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{file}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def _map_key(arch: str, key: str) -> str | None:
@@ -116,7 +116,7 @@ def load_encoder(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
         try:
             t = handles[file].get_tensor(ckey)
         except Exception as e:   # a file cut short after its header: the tensor's bytes are not there
-            raise CheckpointError(f"{file}: key {ckey!r} cannot be read ({str(e).splitlines()[0][:200]})") from None
+            raise CheckpointError(f"{file}: key {ckey!r} cannot be read ({first_line(e)})") from None
         if tuple(t.shape) != tuple(expected[key]):
             raise CheckpointError(f"{file}: key {ckey!r} has shape {tuple(t.shape)}, "
                                   f"expected {tuple(expected[key])} from config.json")
