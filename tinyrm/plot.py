@@ -12,11 +12,11 @@ checkpoint again: the later row of a step replaces the earlier one.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .atomic import atomic_path
+from .data import decode_json, json_lines
 from .errors import DataError, MissingData, TinyrmError
 
 SMOOTH = 0.9                    # weight of the past in the loss's moving average
@@ -39,13 +39,8 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict]]:
     if not path.is_file():
         raise MissingData(f"{path}: not found (tinyrm train writes it into the run folder)")
     train, val = {}, {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, i, "not JSON", str(e)) from None
+    for i, line in json_lines(path):
+        row = decode_json(path, i, line)
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise DataError(path, i, "no integer 'step'")
         if "val_score" in row:
