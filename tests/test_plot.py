@@ -76,7 +76,7 @@ def test_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(MissingData, match=r"metrics\.jsonl: not found"):
         plot_run(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.6}\n{"step": 2, "loss": \n')
-    with pytest.raises(DataError, match=r"metrics\.jsonl:2: not JSON"):
+    with pytest.raises(DataError, match=r"metrics\.jsonl:2: bad JSON"):
         plot_run(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"loss": 0.6}\n')
     with pytest.raises(DataError, match=r"metrics\.jsonl:1: no integer 'step'"):
