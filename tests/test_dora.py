@@ -609,4 +609,6 @@ def test_bench_script_runs_and_agrees():
     rows = bench.run(tokens=64, reps=1, ranks=[2], input_grads=[True, False])
     assert len(rows) == 2 * len(bench.SHAPES)
     for r in rows:
-        assert r[-1] < 1e-5 and min(r[8:10]) > 0 and min(r[11:13]) > 0
+        # max |ours − PEFT| / max|PEFT| over outputs and gradients, both float32: the bound with S = max|PEFT|
+        rel = f32_bound(1.0, n_terms=max(max(s[1:]) for s in bench.SHAPES), steps=2, sides=2)
+        assert r[-1] < rel and min(r[8:10]) > 0 and min(r[11:13]) > 0
