@@ -36,8 +36,10 @@ def rewardbench_rows(n: int) -> list[dict]:
 
 
 def write_jsonl(path, rows, raw: bytes = b"") -> None:
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode() + raw
-    (gzip.open if str(path).endswith(".gz") else open)(path, "wb").write(data)
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        for r in rows:
+            f.write((json.dumps(r) + "\n").encode())
+        f.write(raw)
 
 
 def read_jsonl(path) -> list[dict]:
@@ -68,7 +70,7 @@ def mixed_rows(rb: list[dict]) -> list[dict]:
 def test_pointwise_score_file_equals_score_and_compare(minilm, tmp_path, suffix, max_tokens, tol):
     rm = RewardModel(minilm, mode="pointwise", max_tokens=max_tokens)
     tol = tol or reward_bound(minilm)
-    rows = mixed_rows(rewardbench_rows(9))
+    rows = mixed_rows(rewardbench_rows(6))
     write_jsonl(src := tmp_path / f"in{suffix}", rows)
     assert score_file(rm, src, dst := tmp_path / f"out{suffix}", chunk_rows=4, progress=False) == len(rows)
     out = read_jsonl(dst)
@@ -86,7 +88,7 @@ def test_pointwise_score_file_equals_score_and_compare(minilm, tmp_path, suffix,
 
 def test_pairwise_score_file_equals_compare(minilm, tmp_path):
     rm = RewardModel(minilm, mode="pairwise", max_tokens=1)
-    rows = [r for r in mixed_rows(rewardbench_rows(8)) if "response" not in r]
+    rows = [r for r in mixed_rows(rewardbench_rows(6)) if "response" not in r]
     write_jsonl(src := tmp_path / "in.jsonl", rows)
     score_file(rm, src, dst := tmp_path / "out.jsonl", chunk_rows=3, progress=False)
     out = read_jsonl(dst)
@@ -154,29 +156,57 @@ def test_cli_score_and_its_error_line(tiny_folder, tmp_path, capsys):
 
 
 RSS_SCRIPT = """
-import resource, sys, tinyrm
+import re, sys, torch, tinyrm
+torch.set_num_threads(1)          # memory is what is measured; one thread is kinder to a shared machine
 from tinyrm.scorer import RewardModel
 from tinyrm.scorefile import score_file
-rm = RewardModel(tinyrm.load_encoder(sys.argv[1]), mode="pointwise", max_len=64)
+
+class Stub:                       # the file machinery alone: a reward per response, no forward
+    mode = "pointwise"
+    def score(self, prompts, responses, domains=None):
+        return [float(len(r)) for r in responses]
+
+rm = Stub() if sys.argv[1] == "stub" else RewardModel(tinyrm.load_encoder(sys.argv[1]), mode="pointwise", max_len=64)
 score_file(rm, sys.argv[2], sys.argv[3], progress=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, this process's own peak: ru_maxrss can carry the forking parent's (pytest's) peak across exec
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) // 1024)
 """
 
 
-def peak_rss_mb(folder, src, dst) -> int:
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(folder), str(src), str(dst)], cwd=ROOT,
+def peak_rss_mb(model, src, dst) -> int:
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(model), str(src), str(dst)], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
 
-@pytest.mark.heavy
-def test_peak_memory_is_flat_in_the_number_of_rows(tiny_folder, tmp_path):
-    """200k rows peak no higher than 20k rows (chunked streaming); a few minutes on 2 cores."""
+def peaks_by_rows(model, tmp_path, sizes=(20_000, 200_000)) -> dict[int, int]:
+    """Peak RSS (MB) of `tinyrm score` over short pair rows, per row count, each in a fresh process."""
     peaks = {}
-    for n in (20_000, 200_000):
-        write_jsonl(src := tmp_path / f"in{n}.jsonl.gz",
-                    [{"prompt": f"Question {i}?", "chosen": "yes " * (i % 7 + 1), "rejected": "no"} for i in range(n)])
-        peaks[n] = peak_rss_mb(tiny_folder, src, tmp_path / f"out{n}.jsonl.gz")
-        assert len(read_jsonl(tmp_path / f"out{n}.jsonl.gz")) == n
-    print(f"peak RSS: {peaks[20_000]} MB for 20k rows, {peaks[200_000]} MB for 200k rows")
-    assert peaks[200_000] <= peaks[20_000] * 1.05 + 8
+    for n in sizes:
+        write_jsonl(src := tmp_path / f"in{n}.jsonl.gz",      # a generator: this process stays small
+                    ({"prompt": f"Question {i}?", "chosen": "yes " * (i % 7 + 1), "rejected": "no"} for i in range(n)))
+        peaks[n] = peak_rss_mb(model, src, dst := tmp_path / f"out{n}.jsonl.gz")
+        with gzip.open(dst, "rt") as f:
+            assert sum(1 for _ in f) == n
+    print(f"peak RSS ({model}): " + ", ".join(f"{n} rows {p} MB" for n, p in peaks.items()))
+    return peaks
+
+
+@pytest.mark.heavy
+def test_streaming_memory_is_flat_in_the_number_of_rows(tmp_path):
+    """Reading, chunking and writing keep no rows: 200k rows peak where 20k rows do (measured 368 vs
+    369 MB; 368 MB at 600k). The model is a stub here; with a real one see the next test."""
+    peaks = peaks_by_rows("stub", tmp_path)
+    assert peaks[200_000] <= peaks[20_000] + 4
+
+
+@pytest.mark.heavy
+def test_peak_memory_with_a_tiny_model(tiny_folder, tmp_path):
+    """With a real (tiny) model the peak creeps up, by less and less: torch's CPU backend keeps a kernel
+    per GEMM shape, and packed batches keep bringing new token counts. Measured: 478 MB at 20k rows, 558 MB
+    at 200k; in one process over 600k rows RSS went 466 -> 617 MB (0.9 MB per 2048-row chunk at first,
+    0.3 at the end). Most of it is oneDNN's primitive cache (1024 entries by default): with
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 the same 600k rows went 461 -> 516 MB. The rows themselves are not
+    kept (the stub test above); the bound here only catches gross growth."""
+    peaks = peaks_by_rows(tiny_folder, tmp_path)
+    assert peaks[200_000] <= peaks[20_000] + 120
