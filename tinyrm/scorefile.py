@@ -20,11 +20,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import zlib
 from pathlib import Path
 
 import torch
 
+from .data import decode_json, json_lines
 from .errors import DataError
 from .rank import rank_many
 
@@ -37,33 +37,14 @@ def _gz(path: Path) -> bool:
 
 
 def iter_rows(path):
-    """(line number, JSON object) for every non-blank line; DataError for bad JSON, a non-object row,
-    invalid UTF-8 (checked per line, so the error names the line) or a broken gzip stream."""
-    path = Path(path)
-    lineno = 0
-    with (gzip.open(path, "rb") if _gz(path) else open(path, "rb")) as f:
-        lines = iter(f)
-        while True:
-            try:
-                raw = next(lines)
-            except StopIteration:
-                return
-            except (EOFError, zlib.error, gzip.BadGzipFile) as e:   # cut short or not gzip at all
-                raise DataError(path, lineno + 1, "truncated or corrupt gzip", str(e)) from None
-            lineno += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(path, lineno, "not UTF-8", str(e)) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, lineno, "bad JSON", str(e)) from None
-            if not isinstance(obj, dict):
-                raise DataError(path, lineno, "wrong type", "row is not a JSON object")
-            yield lineno, obj
+    """(line number, JSON object) for every non-blank line, through data.py's one line reader: DataError
+    for bad JSON, invalid UTF-8 or an over-long line (naming the line), a broken gzip stream, or a row
+    that is not an object."""
+    for lineno, line in json_lines(path):
+        obj = decode_json(path, lineno, line)
+        if not isinstance(obj, dict):
+            raise DataError(path, lineno, "wrong type", "row is not a JSON object")
+        yield lineno, obj
 
 
 def _chunks(rows, n: int):
