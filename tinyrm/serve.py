@@ -7,23 +7,19 @@
     GET  /health                                                               -> {status: "ok", mode}
 
 /get_reward is OpenRLHF's remote reward model protocol (`--remote_rm_url`; its `serve_rm` reads
-`query` and, in newer versions, `prompts`): each query is the prompt followed by the response, so with
-`prompts` the response is query[len(prompt):] (a query that does not start with its prompt is a 400);
-without them the whole query is the response to an empty prompt. Extra fields (`labels`) are ignored.
-/score and /get_reward need a pointwise model (400 otherwise); /compare and /rank take either mode.
+`query`, and `prompts` in newer versions): a query is its prompt followed by the response, so with
+`prompts` the response is query[len(prompt):] (400 if it does not start with it), without them the
+whole query; extra fields (`labels`) are ignored. /score and /get_reward need a pointwise model.
 
-Batching: one worker thread owns the model. Handlers put their texts on a queue and wait; the worker
-takes the first job, gathers whatever else arrives within `window_s` (5 ms by default), scores all of it
-in one `rm.score` / `rm.compare` / `rank_many` call per kind, and hands each request its slice. On a
-loaded server the window hardly matters: requests queue while the model runs and the next call takes
-them all.
+Batching: one worker thread owns the model. Handlers queue their texts and wait; the worker gathers
+what arrives within `window_s` (5 ms) and scores it in one `rm.score` / `rm.compare` / `rank_many` call
+per kind, handing each request its slice (under load, requests queue while the model runs).
 
 Why the standard library's ThreadingHTTPServer and not an async framework: there is one model and one
 worker, so concurrency is only in waiting; a thread per connection costs little at reward-model request
-rates (tens of connections) and keeps the runtime dependencies as they are. Robustness: a body over
-`max_body_bytes` gets 413 without being read, a client that stalls mid-body or idles past `timeout_s`
-loses its connection (socket timeout), malformed JSON or a missing or mistyped field gets 400
-{"error": msg}, and none of these stop the server.
+rates and keeps the runtime dependencies as they are. A body over `max_body_bytes` gets 413 unread, a
+stalled or trickled body 408, malformed JSON or a missing or mistyped field 400 {"error": msg}; none of
+these stop the server.
 """
 from __future__ import annotations
 
@@ -45,8 +41,6 @@ MAX_PAIRWISE_CANDIDATES = 64          # /rank on a pairwise model: 64 candidates
 class BadRequest(ValueError):
     """The request's fault: answered 400 with its message."""
 
-
-# ---- the batching worker ----
 
 @dataclass
 class Job:
