@@ -127,7 +127,7 @@ def sha256(path: Path) -> str:
 def check_checkpoints(run_dir: Path) -> dict:
     """Every checkpoint folder a reader could open (last, last.old, best, best.old) is whole: its sidecar
     parses, the adapter file matches the sidecar's sha256 and loads, trainer.pt loads (weights_only).
-    Returns what was there: {folder name: step}, plus the names of .tmp folders left by the kill."""
+    Returns what was there: {folder name: step}, plus "tmp": the .tmp/.del folders the kill left (never read)."""
     from safetensors.torch import load_file
 
     from tinyrm.adapters import read_sidecar
@@ -146,7 +146,7 @@ def check_checkpoints(run_dir: Path) -> dict:
             assert st["step"] == info["step"], f"{c}: trainer.pt and adapter.json disagree on the step"
         seen[name] = info["step"]
     find_resumable(run_dir)                      # raises on an incomplete checkpoint
-    seen["tmp"] = sorted(p.name for p in run_dir.glob("*.tmp"))
+    seen["tmp"] = sorted(p.name for p in [*run_dir.glob("*.tmp"), *run_dir.glob("*.del")])
     return seen
 
 
@@ -166,7 +166,11 @@ def same_result(run: Path, ref: Path) -> None:
     assert a["step"] == b["step"] and a["best"] == b["best"]
     for s, t in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert all(torch.equal(s[k], t[k]) for k in s)
-    assert not list(run.glob("*.tmp")) and not list(run.glob("*.old"))
+    # no temporary folder; an .old/.del one only beside its complete folder (a kill after the run's very
+    # last swap leaves it: no later save of that folder comes to remove it, and no reader looks at it)
+    assert not list(run.glob("*.tmp"))
+    for left in [*run.glob("*.old"), *run.glob("*.del")]:
+        assert (run / left.name.split(".")[0] / "adapter.json").is_file(), left
     # the newest row of every step equals the reference's (older rows may be a dead attempt's)
     last = {(r["step"], "loss" in r): r for r in metric_rows(run)}
     assert last == {(r["step"], "loss" in r): r for r in metric_rows(ref)}

@@ -67,6 +67,17 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return Path(path)
 
 
+def _drop(folder: Path) -> None:
+    """Remove a folder so that a kill never leaves part of it under its own name: renamed to
+    `<name>.del` first (a stale one from an earlier kill goes too), then deleted."""
+    trash = folder.with_name(folder.name + ".del")
+    if trash.exists():
+        shutil.rmtree(trash)
+    if folder.exists():
+        os.replace(folder, trash)
+        shutil.rmtree(trash)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap the finished folder `tmp` in as `final`: final -> final.old, tmp -> final, drop final.old.
     A kill between the two renames leaves final.old for the reader to fall back on."""
@@ -75,8 +86,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
             os.fsync(fh.fileno())
     old = final.with_name(final.name + ".old")
     if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
+        _drop(old)
         os.replace(final, old)
     try:
         os.replace(tmp, final)
@@ -85,6 +95,5 @@ def replace_dir(tmp: Path, final: Path) -> None:
             os.replace(old, final)             # a failed swap puts the previous folder back
         raise
     _fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    _drop(old)
 
