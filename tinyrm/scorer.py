@@ -117,8 +117,10 @@ class RewardModel:
     @classmethod
     def _load_checkpoint(cls, ckpt: Path, device, dtype, **kw) -> "RewardModel":
         meta = read_json(ckpt / "adapter.json", "")
-        train = meta.get("train", {})
-        base = Path(train.get("model") or meta.get("base", ""))
+        train = meta.get("train", {}) if isinstance(meta, dict) else None
+        if not isinstance(train, dict) or not all(isinstance(meta.get(k, ""), str) for k in ("base", "base_path")):
+            raise CheckpointError(f"{ckpt / 'adapter.json'}: key 'train' must be an object and 'base' a path")
+        base = Path(str(train.get("model") or meta.get("base", "")))
         if not (base / "config.json").is_file() and meta.get("base_path"):
             base = Path(meta["base_path"])     # the folder as training resolved it, from another directory
         enc = load_encoder(base, dtype=dtype, device=device)
