@@ -118,8 +118,6 @@ def test_trim_metrics_drops_a_dead_attempts_rows(tmp_path):
     assert trim_metrics(tmp_path, 0) == 4 and (tmp_path / "metrics.jsonl").read_text() == ""
 
 
-@pytest.mark.xfail(strict=True, reason="train.resume (not owned here) does not yet call checkpoint.trim_metrics: "
-                                       "a killed attempt's rows after the checkpoint stay in metrics.jsonl")
 def test_resume_leaves_no_dead_attempt_rows_in_metrics(tiny_bert, data, tmp_path):
     ref = tr.train(cfg_for(tmp_path, tiny_bert, data, max_steps=6), run_dir=tmp_path / "ref")
     run = tmp_path / "run"
@@ -295,8 +293,6 @@ def test_full_disk_on_report_files(tiny_bert, data, tmp_path, monkeypatch, capsy
     assert not list((tmp_path / "runs").rglob("*.tmp"))
 
 
-@pytest.mark.xfail(strict=True, reason="Run.record in train.py (not owned here) appends metrics.jsonl with a bare "
-                                       "open(): ENOSPC there prints `error: [Errno 28] ...` without the file")
 def test_full_disk_on_metrics_names_the_file(tiny_bert, data, tmp_path, monkeypatch, capsys):
     recipe = write_recipe(tmp_path / "r.toml", tiny_bert, data, max_steps=3, runs_dir=str(tmp_path / "runs"))
 

@@ -26,7 +26,7 @@ from .adapters import checkpoint_hash, load_adapter
 from .atomic import atomic_write
 from .batching import length_grouped_batches, micro_batches
 from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, slopes_text
-from .checkpoint import find_resumable, load_trainer_state, save_checkpoint
+from .checkpoint import find_resumable, load_trainer_state, save_checkpoint, trim_metrics
 from .dora import add_dora, freeze_layers, param_summary
 from .errors import RecipeError
 from .guard import note_step
@@ -143,8 +143,12 @@ class Run:
     t0: float = field(default_factory=time.time)
 
     def record(self, row: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:                       # a failed write() names no file: say which
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
@@ -184,10 +188,12 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
 def resume(run: Run) -> None:
     """Continue from the run folder's last checkpoint, when it has one."""
     ckpt = find_resumable(run.run_dir)
-    if ckpt is None:
+    st = None if ckpt is None else load_trainer_state(ckpt)
+    if dp.is_main():                       # rows a killed attempt wrote after that checkpoint go
+        trim_metrics(run.run_dir, 0 if st is None else st["step"])
+    if st is None:
         return
     load_adapter(run.enc, ckpt / "adapter.safetensors")
-    st = load_trainer_state(ckpt)
     if (run.expert is not None) != ("length_expert" in st):   # else the optimiser's groups would not match
         had = "length_expert" in st
         raise RecipeError(f"{ckpt}: saved {'with' if had else 'without'} a length expert; resume it with "
