@@ -128,8 +128,9 @@ def test_two_processes_train_what_one_process_trains(tiny_bert, tmp_path, kind):
     summary = json.loads((run2 / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == one["steps"] == 4
 
-    # the metrics rows hold every rank's pairs: the same loss and the same gradient norm per step.
-    # grad_norm is what catches a wrong loss normalisation (AdamW's update hardly depends on the scale)
+    # the metrics rows hold every rank's pairs: the same loss and the same gradient norm per step. Float32
+    # order alone moves a gradient sum over ~1e2 tokens by ~2e-5 relative (f32_bound, sides=2); a wrong
+    # normalisation (a rank's own count instead of the step's: shares of 2 and 1 pairs) is >= 1/3 off
     r1, r2 = _rows(tmp_path / "one" / "run"), _rows(run2)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3, 4]
     for a, b in zip(r1, r2):
@@ -179,6 +180,22 @@ def test_two_process_resume_equals_the_uninterrupted_two_process_run(tiny_bert, 
         assert torch.equal(a[k], b[k]), k
     la, lb = _rows(tmp_path / "full"), _rows(tmp_path / "part")
     assert [r["loss"] for r in la] == [r["loss"] for r in lb] and len(la) == 6
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(tiny_bert, tmp_path):
+    """A run stopped on 2 ranks continues in 1 process (the step number is the data position; rank 0's RNG
+    state goes on) and ends where the uninterrupted 2-rank run ends, within the float32 bound."""
+    cfg = _cfg(tmp_path, tiny_bert, max_steps=6, eval_every=3)
+    c = _write_cfg(cfg, tmp_path / "cfg")
+    launch(["-c", TRAIN, c, str(tmp_path / "full"), "0", ""], world=2)
+    launch(["-c", TRAIN, c, str(tmp_path / "part"), "3", ""], world=2)
+    train(cfg, run_dir=tmp_path / "part")
+    rows = _rows(tmp_path / "part")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    a = load_file(tmp_path / "full" / "last" / "adapter.safetensors")
+    b = load_file(tmp_path / "part" / "last" / "adapter.safetensors")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff <= adapter_bound(cfg, rows, layers=3), diff
 
 
 def _rewardbench_like(path: Path) -> Path:
@@ -252,5 +269,8 @@ def test_no_launcher_no_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "1")
-    assert not dp.launched() and dp.init(torch.device("cpu")) == torch.device("cpu")
+    assert not dp.launched() and dp.init(torch.device("cpu")) == torch.device("cpu") and dp.is_main_process()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert dp.launched() and not dp.is_main_process()      # rank 1 of a launcher, before any group exists
     assert dp.shard([1, 2, 3]) == [1, 2, 3] and dp.unshard([[1, 3], [2]], 3) == [1, 2, 3]

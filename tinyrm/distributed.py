@@ -103,6 +103,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def is_main_process() -> bool:
+    """Whether this is the launcher's rank 0 (or there is no launcher), also before `init` and after the
+    group ended: for a command's own output after train() or evaluation returned."""
+    return not launched() or os.environ["RANK"] == "0"
+
+
 def say(msg: str) -> None:
     """tqdm.write on rank 0 only (every other rank would print the same line)."""
     if is_main():
