@@ -226,9 +226,10 @@ def bench_scoring(path: Path, arch: str, reps: int, max_len: int, batch: int, pa
     enc = load_encoder(path, dtype=dtype, device=device)
     rm = RewardModel(enc, mode=mode, max_len=max_len)
     ref = load_reference(path, arch, device=device, dtype=dtype, like=enc)
-    prefix = rm.prefix_for(None)
-    scorer = RefScorer(ref, enc.tokenizer, rm.sp, rm.answer_ids, prefix, rm.max_len, batch, arch, mode)
-    exs = examples if examples is not None else _examples(mode, enc.tokenizer, rm.sp, pairs, prefix, rm.max_len)
+    cz = rm.cloze                                   # the scorer's own prompt settings, shared by both sides
+    prefix = cz.prefix_for(None)
+    scorer = RefScorer(ref, enc.tokenizer, cz.sp, cz.answer_ids, prefix, cz.max_len, batch, arch, mode)
+    exs = examples if examples is not None else _examples(mode, enc.tokenizer, cz.sp, pairs, prefix, cz.max_len)
     lengths = [len(e) for e in exs]
     padded = sum(max(lengths[i:i + batch]) * len(lengths[i:i + batch]) for i in range(0, len(lengths), batch))
     kw = {"pairs": pairs} if examples is None else {"examples": examples}

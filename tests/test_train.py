@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import tinyrm
+from tinyrm.errors import RecipeError
 from tinyrm.mix import MixEntry
 from tinyrm.recipe import TrainConfig, load_recipe
 from tinyrm.scorer import RewardModel
@@ -117,7 +118,7 @@ def test_recipe_overrides_and_errors(tmp_path):
     bad.write_text('lr = 1e-4\nfrobnicate = 3\n')
     with pytest.raises(ValueError, match=r"bad\.toml: unknown key 'frobnicate'"):
         load_recipe(str(bad))
-    with pytest.raises(FileNotFoundError, match="recipe 'nothing' not found"):
+    with pytest.raises(RecipeError, match="recipe 'nothing' not found"):
         load_recipe("nothing")
 
 
