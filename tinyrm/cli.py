@@ -33,8 +33,11 @@ def _train(args) -> int:
     else:
         cfg = load_recipe(args.recipe, args.overrides, data_files=args.data)
     check_files(needed_files(cfg))   # before torch and the model load: a missing file stops within seconds
+    from .distributed import is_main_process
     from .train import train
     s = train(cfg, run_dir=args.resume)
+    if not is_main_process():              # under torchrun, rank 0 reports and draws
+        return 0
     print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
           f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
           f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
