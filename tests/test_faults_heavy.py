@@ -34,7 +34,7 @@ def _fault(rng: random.Random, first: bool, resumed: int, later: list[str]):
     if kind == "external":
         return None, rng.uniform(1.0, 20.0)
     return kind.format(ms=rng.randrange(0, 150), f=rng.choice(["last", "best", "any"]), n=rng.randrange(1, 3),
-                       s=rng.randrange(resumed, STEPS - 1)), None
+                       s=rng.randrange(min(resumed, STEPS - 2), STEPS - 1)), None
 
 
 def test_twenty_sigkills_then_resume_match_the_undisturbed_run(tiny_bert, tmp_path):  # noqa: F811
