@@ -121,3 +121,17 @@ def test_a_sidecar_with_a_wrong_train_entry_is_named(tmp_path, capsys):
     assert main(["score", "--model", str(tmp_path), "--in", str(rows), "--out", str(tmp_path / "o.jsonl")]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert str(tmp_path / "adapter.json") in line and "'train'" in line
+
+
+def test_a_run_killed_mid_swap_of_best_is_loaded_from_best_old(tmp_path, monkeypatch):
+    """Between the two renames of a best/ swap only best.old/ holds the best checkpoint: load takes it,
+    not last/."""
+    from tinyrm.scorer import RewardModel
+
+    for name in ("best.old", "last"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter.json").write_text("{}")
+    seen = []
+    monkeypatch.setattr(RewardModel, "_load_checkpoint", classmethod(lambda cls, ckpt, *a, **k: seen.append(ckpt)))
+    RewardModel.load(tmp_path)
+    assert seen == [tmp_path / "best.old"]

@@ -99,7 +99,9 @@ class RewardModel:
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: no such model folder (a run folder, a checkpoint or an export)")
-        ckpt = next((c for c in (path / "best", path / "last", path) if (c / "adapter.json").is_file()), None)
+        # best.old/: a kill between the two renames of a best/ swap leaves the previous best there
+        names = ("best", "best.old", "last", "last.old", ".")
+        ckpt = next((path / n for n in names if (path / n / "adapter.json").is_file()), None)
         if ckpt is not None:
             return cls._load_checkpoint(ckpt, device, dtype, **kw)
         if (path / "tinyrm.json").is_file():
