@@ -63,12 +63,15 @@ def _expect_cli_error(capsys, argv, *names) -> str:
     return line
 
 
-@pytest.mark.parametrize("how", [*CORRUPT, *JSON_ONLY])
-@pytest.mark.parametrize("name", ["last/adapter.safetensors", "last/adapter.json", "last/trainer.pt", "config.json"])
+def damage(names: list[str]) -> list[tuple[str, str]]:
+    """(file, kind of damage) for every file, JSON-only damage for the JSON files alone."""
+    return [(n, h) for n in names for h in [*CORRUPT, *(JSON_ONLY if n.endswith(".json") else [])]]
+
+
+@pytest.mark.parametrize("name, how", damage(["last/adapter.safetensors", "last/adapter.json", "last/trainer.pt",
+                                              "config.json"]))
 def test_corrupt_run_files_on_resume(trained, tmp_path, capsys, name, how):
     """A run folder whose checkpoint or config is damaged: resuming it names the damaged file."""
-    if how in JSON_ONLY and not name.endswith(".json"):
-        pytest.skip("JSON-only damage")
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     _corrupt(run / name, how)
@@ -139,11 +142,8 @@ def test_no_unpickling_outside_weights_only():
         assert "pickle.load" not in src and "numpy.load" not in src and "allow_pickle=True" not in src, f
 
 
-@pytest.mark.parametrize("how", [*CORRUPT, *JSON_ONLY])
-@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors"])
+@pytest.mark.parametrize("name, how", damage(["config.json", "tokenizer.json", "model.safetensors"]))
 def test_corrupt_model_folder(tiny_bert, data, tmp_path, capsys, name, how):  # noqa: F811
-    if how in JSON_ONLY and not name.endswith(".json"):
-        pytest.skip("JSON-only damage")
     model = tmp_path / "model"
     shutil.copytree(tiny_bert, model)
     _corrupt(model / name, how)
