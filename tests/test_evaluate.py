@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 import tinyrm
 from tinyrm import evaluate
@@ -136,3 +137,40 @@ def test_cpu_batch_budget_keeps_activations_small_and_scores_unchanged(tiny_mode
     assert len(seen) == 1 and len(seen[0]) == 12               # both orders of six pairs, one forward
     # other batches round differently: a pair logit is at most two rewards, each within reward_bound
     torch.testing.assert_close(small, whole, atol=2 * reward_bound(mb), rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["pointwise", "pairwise"])
+def test_rows_file_holds_each_pairs_scores(rm, tmp_path, monkeypatch, mode):
+    """`tinyrm eval --rows FILE`: one line per RewardBench pair, in file order, with the scores the scorer
+    gives that pair (pointwise rewards; pairwise log-odds in both orders) and the verdict counted."""
+    from tinyrm.scorer import pair_logit
+    from tolerance import reward_bound
+
+    model = RewardModel(rm.enc, mode=mode, max_len=96)
+    rows = []
+    for subset, n in EXPECTED_COUNTS.items():
+        rows += [{"prompt": f"q {i}", "chosen": f"answer {i % 7}", "rejected": f"other {i % 5}", "subset": subset,
+                  "id": i, "chosen_model": "m", "rejected_model": "n"} for i in range(n)]
+    f = tmp_path / "rb.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("tinyrm.evaluate.plot_sections", lambda *a, **k: None)
+    res = evaluate.evaluate_rewardbench(model, f, "tiny", tmp_path / "rb.json", rows_out=tmp_path / "rows.jsonl")
+    out = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [(o["subset"], o["id"]) for o in out] == [(r["subset"], r["id"]) for r in rows]
+    assert sum(o["correct"] for o in out) == sum(c for c, _ in res["counts"].values())
+    pick = [0, 500, 2984]
+    doms = [evaluate.SECTION_DOMAIN[evaluate.SUBSET_SECTION[rows[i]["subset"]]] for i in pick]
+    args = ([rows[i]["prompt"] for i in pick], [rows[i]["chosen"] for i in pick], [rows[i]["rejected"] for i in pick], doms)
+    first, second = model.compare_outputs(*args)
+    tol = reward_bound(model.enc)
+    for k, i in enumerate(pick):
+        o = out[i]
+        if mode == "pointwise":
+            assert abs(o["scores_chosen"] - first[k].item()) <= tol and abs(o["scores_rejected"] - second[k].item()) <= tol
+            assert o["correct"] == float(o["scores_chosen"] > o["scores_rejected"])
+        else:
+            assert abs(o["logit_chosen_first"] - first[k].item()) <= tol
+            assert abs(o["logit_chosen_second"] + second[k].item()) <= tol
+            assert o["logit"] == pytest.approx(pair_logit(torch.tensor(o["logit_chosen_first"]),
+                                                          -torch.tensor(o["logit_chosen_second"]), "pairwise").item())
+            assert o["correct"] == float(o["logit"] > 0)

@@ -134,6 +134,7 @@ def _add_training_commands(sub) -> None:
     e.add_argument("--data", default=None, help="RewardBench jsonl (default: $DATA/rewardbench/filtered.jsonl) "
                                                 "or any preference file")
     e.add_argument("--out", default=None, help="where to write the JSON result (default: the run folder)")
+    e.add_argument("--rows", default=None, metavar="FILE", help="also write per-pair scores (JSONL) to FILE")
     e.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per scoring batch (default: 16384 on GPU; on CPU sized to the model, see scorer.py)")
     add_device_args(e)

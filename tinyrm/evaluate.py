@@ -9,6 +9,7 @@ as the paper does for its specialists and generalist.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import tokenizers
 import torch
 
 from . import __version__, distributed as dp
+from .atomic import atomic_write
 from .data import decode_json, json_lines, read_pairs
 from .errors import MissingData, TinyrmError
 from .paths import REWARDBENCH, data_root
@@ -37,19 +39,35 @@ def resolve_model(name: str) -> Path:
     return Path(name)
 
 
-def correctness(rm: RewardModel, prompts, chosen, rejected, domains):
-    """Per pair: correct (strictly better; a tie is wrong) and, for pairwise models, each order's own
-    verdict (order a: chosen shown as Choice 0; order b: chosen as Choice 1)."""
-    # the domains pick each section's prefix, or its length slope when the model carries a length correction
-    first, second = rm.compare_outputs(prompts, chosen, rejected, list(domains))
-    correct = (pair_logit(first, second, rm.mode) > 0).float().tolist()
-    if rm.mode == "pairwise":
+def verdicts(first: torch.Tensor, second: torch.Tensor, mode: str):
+    """From the model's outputs for (chosen, rejected) pairs: per pair, correct (strictly better; a tie is
+    wrong) and, for pairwise models, each order's own verdict (a: chosen shown as Choice 0; b: as Choice 1)."""
+    correct = (pair_logit(first, second, mode) > 0).float().tolist()
+    if mode == "pairwise":
         return correct, (first > 0).float().tolist(), (second < 0).float().tolist()
     return correct, None, None
 
 
+def correctness(rm: RewardModel, prompts, chosen, rejected, domains):
+    """verdicts() of the model on these pairs; the domains pick each section's prefix, or its length slope
+    when the model carries a length correction."""
+    return verdicts(*rm.compare_outputs(prompts, chosen, rejected, list(domains)), rm.mode)
+
+
+def write_rows(path: Path, rows: list[dict], first: list[float], second: list[float], correct, mode: str) -> None:
+    """Per-pair scores as reward-bench writes them: pointwise `scores_chosen` / `scores_rejected`; pairwise
+    the log-odds that the chosen response wins with it shown first and second, and their mean."""
+    out = []
+    for r, f, s, c in zip(rows, first, second, correct):
+        scores = ({"scores_chosen": f, "scores_rejected": s} if mode == "pointwise" else
+                  {"logit_chosen_first": f, "logit_chosen_second": -s, "logit": (f - s) / 2})
+        out.append(json.dumps({"id": r["id"], "subset": r["subset"], **scores, "correct": c}) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "".join(out))
+
+
 def evaluate_rewardbench(rm: RewardModel, path: Path, model_name: str, out_json: Path,
-                         extra: dict | None = None) -> dict:
+                         extra: dict | None = None, rows_out: Path | None = None) -> dict:
     """Score the filtered split and write the JSON (+ chart). Under a launcher every rank scores its
     shard of the rows (rows[rank::world]), the verdicts are gathered in input order, and rank 0 alone
     prints and writes; every rank returns the same result."""
@@ -58,9 +76,10 @@ def evaluate_rewardbench(rm: RewardModel, path: Path, model_name: str, out_json:
     check_counts(rows)
     mine = dp.shard(rows)
     domains = [SECTION_DOMAIN[SUBSET_SECTION[r["subset"]]] for r in mine]
-    local = correctness(rm, [r["prompt"] for r in mine], [r["chosen"] for r in mine],
-                        [r["rejected"] for r in mine], domains)
-    correct, a, b = (None if x is None else dp.gather_in_order(x, len(rows)) for x in local)
+    first, second = rm.compare_outputs([r["prompt"] for r in mine], [r["chosen"] for r in mine],
+                                       [r["rejected"] for r in mine], domains)
+    local = (*verdicts(first, second, rm.mode), first.tolist(), second.tolist())
+    correct, a, b, first, second = (None if x is None else dp.gather_in_order(x, len(rows)) for x in local)
     result = score_from_correct([r["subset"] for r in rows], correct, order_a=a, order_b=b)
     seconds = time.time() - t0
     if not dp.is_main():
@@ -69,6 +88,9 @@ def evaluate_rewardbench(rm: RewardModel, path: Path, model_name: str, out_json:
     print(f"\n{len(rows)} pairs in {seconds:.1f} s ({len(rows) / seconds:.1f} pairs/s)")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     write_json(result, out_json, model=model_name, pairs=len(rows), seconds=seconds, **(extra or {}))
+    if rows_out is not None:
+        write_rows(rows_out, rows, first, second, correct, rm.mode)
+        print(f"wrote per-pair scores to {rows_out}")
     png = plot_sections(result, out_json.with_suffix(".png"), label=f"tinyrm {Path(model_name).name}")
     print(f"wrote {out_json}" + (f" and {png}" if png else " (matplotlib missing: no chart)"))
     return result
@@ -112,7 +134,8 @@ def cli(args) -> int:
                           dtype=getattr(torch, args.dtype))
     if is_rewardbench(data):
         out = Path(args.out) if args.out else (model if model.is_dir() else Path(".")) / "rewardbench.json"
-        evaluate_rewardbench(rm, data, str(model), out, extra=versions(device, args.dtype))
+        evaluate_rewardbench(rm, data, str(model), out, extra=versions(device, args.dtype),
+                             rows_out=Path(args.rows) if args.rows else None)
     elif dp.is_main():                               # any other file: scored whole by rank 0
         evaluate_file(rm, data)
     return dp.finished(0)
