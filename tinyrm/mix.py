@@ -150,6 +150,8 @@ def load_data(cfg) -> tuple[list[PreferencePair], list[PreferencePair], list[str
         banned = {r["prompt"] for r in load_rewardbench(rb)}
         (train, n), (val, m) = drop_overlap(train, banned), drop_overlap(val, banned)
         notes.append(f"dropped {n + m} pairs whose prompt is a RewardBench prompt")
+    elif cfg.drop_rewardbench_overlap:
+        notes.append(f"{rb} not found: no RewardBench prompts to drop (`tinyrm data --only rewardbench` fetches it)")
     if cfg.length_balance:
         train, n = length_balanced(train, cfg.seed)
         notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "

@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .errors import MissingData, RecipeError
 from .mix import MixEntry
-from .paths import REWARDBENCH, configs_dir, data_root, expand_data
+from .paths import configs_dir, data_root, expand_data
 from .synth import KINDS as SYNTH_KINDS
 
 
@@ -215,9 +215,9 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None,
 
 
 def needed_files(cfg: TrainConfig) -> list[Path]:
-    """Every file the recipe reads: its mix and validation files, and RewardBench for the overlap guard."""
-    files = [Path(e.path) for e in cfg.data + cfg.val if e.path]
-    return files + ([data_root() / REWARDBENCH] if cfg.drop_rewardbench_overlap else [])
+    """Every file the recipe trains or validates on (RewardBench, read only by the overlap guard when it is
+    there, is not required: mix.load_data says when the guard had nothing to check against)."""
+    return [Path(e.path) for e in cfg.data + cfg.val if e.path]
 
 
 def check_files(files: list[Path]) -> None:
