@@ -13,8 +13,8 @@ from .errors import TrainingDiverged
 def note_step(run, finite: bool, step: int) -> dict:
     """Count step `step` (0-based) on `run`; TrainingDiverged naming it after cfg.max_bad_steps bad steps
     in a row. Returns the metrics row's fields: `skipped` (this step) and `skipped_steps` (so far)."""
-    run.bad_in_row = 0 if finite else getattr(run, "bad_in_row", 0) + 1
-    run.skipped_steps = getattr(run, "skipped_steps", 0) + (not finite)
+    run.bad_in_row = 0 if finite else run.bad_in_row + 1
+    run.skipped_steps += not finite
     if run.bad_in_row >= run.cfg.max_bad_steps:
         raise TrainingDiverged(f"step {step + 1}: the loss or gradient was not finite in {run.bad_in_row} steps "
                                f"in a row (max_bad_steps = {run.cfg.max_bad_steps}); they did not change the "

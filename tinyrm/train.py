@@ -141,6 +141,8 @@ class Run:
     start: int = 0
     best: dict = field(default_factory=lambda: {"val_score": -1.0, "step": -1})
     t0: float = field(default_factory=time.time)
+    bad_in_row: int = 0                              # non-finite steps in a row, and in all (guard.py)
+    skipped_steps: int = 0
 
     def record(self, row: dict) -> None:
         path = self.run_dir / "metrics.jsonl"
