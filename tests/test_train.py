@@ -282,6 +282,24 @@ def test_validation_metrics_by_hand():
     assert metrics(z, val, "acc")["val_score"] == pytest.approx(0.5)
 
 
+def test_standard_errors_and_probe_accuracies_by_hand():
+    """Binomial standard errors per domain and of the domain mean, and per-kind probe accuracies."""
+    from tinyrm.data import PreferencePair
+    from tinyrm.validation import metrics, probe_metrics
+
+    P = PreferencePair
+    val = [P(f"q{i}", "a", "b", "chat" if i < 4 else "safety", "s") for i in range(6)]
+    z = torch.tensor([1.0, 1.0, 1.0, -1.0, 1.0, -1.0])        # chat 3/4, safety 1/2
+    m = metrics(z, val)
+    se_chat, se_safety = (0.75 * 0.25 / 4) ** 0.5, (0.5 * 0.5 / 2) ** 0.5
+    assert m["val_se_chat"] == pytest.approx(se_chat) and m["val_se_safety"] == pytest.approx(se_safety)
+    assert m["val_domain_mean_se"] == pytest.approx((se_chat ** 2 + se_safety ** 2) ** 0.5 / 2)
+    probes = [P("q", "a", "b", "chat", "probe-style")] * 3 + [P("q", "a", "b", "chat", "probe-relevance")] * 2
+    pm = probe_metrics(torch.tensor([1.0, -1.0, 1.0, 0.0, 2.0]), probes)   # a tie (0) is wrong
+    assert pm["val_probe_style"] == pytest.approx(2 / 3) and pm["val_probe_relevance"] == pytest.approx(0.5)
+    assert pm["val_probe_style_se"] == pytest.approx((2 / 3 * 1 / 3 / 3) ** 0.5)
+
+
 def test_every_shipped_recipe_loads():
     """configs/*.toml and the recorded trials in configs/trials/ parse, with entries that name real kinds."""
     from tinyrm.paths import configs_dir

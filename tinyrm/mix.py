@@ -11,6 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from .augment import augment
 from .data import PreferencePair, SkipReport, prompt_hash, read_pairs
 from .paths import REWARDBENCH, data_root
 from .rewardbench import load_rewardbench
@@ -156,6 +157,10 @@ def load_data(cfg) -> tuple[list[PreferencePair], list[PreferencePair], list[str
         train, n = length_balanced(train, cfg.seed)
         notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "
                      "is the longer one as often as the shorter")
+    fracs = {"style": cfg.aug_style, "relevance": cfg.aug_relevance, "shuffle": cfg.aug_shuffle}
+    if any(fracs.values()):
+        train, made = augment(train, fracs, cfg.seed)
+        notes.append("augmented: " + ", ".join(f"{n} {k} pairs" for k, n in made.items() if n))
     if cfg.val:
         extra, _, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad, part="val")
         seen = {p.prompt.strip() for p in train}

@@ -10,6 +10,7 @@ reward) picks the best checkpoint; RewardBench is never looked at here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -24,13 +25,17 @@ from tinyrm.kernels.bt_loss import bradley_terry_loss, preference_stats
 from . import distributed as dp
 from .adapters import checkpoint_hash, load_adapter
 from .atomic import atomic_write
+from .augment import probes as make_probes
 from .batching import length_grouped_batches, micro_batches
 from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, slopes_text
 from .checkpoint import find_resumable, load_trainer_state, save_checkpoint, trim_metrics
 from .dora import add_dora, freeze_layers, param_summary
+from .ema import Ema
 from .errors import RecipeError
 from .guard import note_step
 from .mix import load_data
+from .optim import make_optimizer
+from .precision import autocast_for
 from .prompts import Cloze
 from .recipe import TrainConfig, check_files, needed_files
 from .scorer import mask_logits, pick_device
@@ -50,30 +55,6 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
         for p in [*enc.head_modules()[0].parameters(), enc.decoder_module().bias]:
             p.requires_grad_(True)
     return enc
-
-
-def make_optimizer(enc, cfg: TrainConfig, total_steps: int, expert: LengthExpert | None = None):
-    decay, no_decay = [], []
-    for n, p in enc.named_parameters():
-        if p.requires_grad:
-            # no weight decay on biases, norms and DoRA magnitudes (they are scales, not directions)
-            (no_decay if p.ndim < 2 or "norm" in n.lower() or "magnitude" in n else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas),
-                            eps=cfg.eps)
-    if expert is not None:
-        # β is one scalar per domain with a target of order 1, and AdamW moves a parameter by about lr per
-        # step: at the adapters' lr it would need ~1000 steps, at 20x it gets there within the warm-up
-        opt.add_param_group({"params": [expert.beta], "weight_decay": 0.0, "lr": 20 * cfg.lr})
-    warm = max(1, round(cfg.warmup_frac * total_steps))
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to final_lr_frac of the peak
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, total_steps - warm)
-        return 1.0 - (1.0 - cfg.final_lr_frac) * min(1.0, t)
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
 
 def build_examples(enc, cfg: TrainConfig, pairs):
@@ -113,14 +94,6 @@ def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, exper
     return diff.detach(), sum(len(e.input_ids) for e, _ in exs)
 
 
-def autocast_for(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast: on CUDA by default; on CPU when asked (AMX / AVX512-BF16 units make it ~1.6x faster)."""
-    if cfg.amp not in ("auto", "bf16", "off"):
-        raise RecipeError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
-    on = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
-
-
 @dataclass
 class Run:
     """Everything one training run holds, built by `setup` and advanced by the loop."""
@@ -138,6 +111,8 @@ class Run:
     meta: dict
     expert: LengthExpert | None = None
     fit: list | None = None                          # training pairs the length slopes are fitted on
+    probes: list = field(default_factory=list)       # generated from validation pairs (augment.probes)
+    ema: Ema | None = None                           # the weight average validated and kept (ema.py)
     start: int = 0
     best: dict = field(default_factory=lambda: {"val_score": -1.0, "step": -1})
     t0: float = field(default_factory=time.time)
@@ -174,6 +149,8 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     fit = fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed) if cfg.length_correct else None
     opt, sched = make_optimizer(enc, cfg, len(steps), expert)
     dp.start_together([p for g in opt.param_groups for p in g["params"]], cfg.seed, (len(train_pairs), len(val), steps))
+    ema = Ema.of(enc, cfg.ema) if cfg.ema > 0 else None          # after the ranks agree on the start
+    probes = make_probes(val, cfg.probes, cfg.seed) if cfg.probes else []
     cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
     meta = {"base": str(cfg.model), "base_path": str(Path(cfg.model).absolute()),
             "base_hash": checkpoint_hash(cfg.model), "train": cfg.to_dict(), "answer_words": list(cloze.words)}
@@ -184,7 +161,7 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
         atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     dp.say(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
     return Run(cfg, run_dir, enc, train_pairs, val, examples, steps, torch.tensor(cloze.answer_ids, device=device),
-               autocast_for(cfg, device), opt, sched, meta, expert, fit)
+               autocast_for(cfg, device), opt, sched, meta, expert, fit, probes, ema)
 
 
 def resume(run: Run) -> None:
@@ -205,23 +182,35 @@ def resume(run: Run) -> None:
     dp.restore_rng(st, run.cfg.seed)                  # this rank's own state (rng_ranks under several)
     if run.expert is not None:
         run.expert.beta.data.copy_(st["length_expert"])
+    if (run.ema is not None) != ("ema" in st):
+        raise RecipeError(f"{ckpt}: saved {'with' if 'ema' in st else 'without'} a weight average; resume it "
+                          f"with the ema it was started with")
+    if run.ema is not None:
+        run.ema.load_state_dict(st["ema"])
     run.start, run.best = st["step"], st["best"]
     dp.say(f"resumed from {ckpt} at step {run.start}")
 
 
 def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
-    """Validate on merged adapters at the step's precision; keep `best/` when the score improves."""
-    with for_inference(run.enc, run.autocast):
-        v, score, slopes = validate_run(run.enc, run.cfg, run.val, run.fit if step > 0 else None)
-    run.record({"step": step, **v})
-    if score > run.best["val_score"]:
-        c = "corrected_" if slopes else ""
-        run.best.update(val_score=score, val_acc=v[c + "val_acc"], step=step, raw_val_score=v["val_score"],
-                        length_corrected=slopes is not None, corrected_val_score=v.get("corrected_val_score"),
-                        corrected_val_acc=v.get("corrected_val_acc"))
-        files = {LENGTH_FILE: slopes_text(slopes, {"fitted_on": f"{len(run.fit)} training pairs", "step": step})
-                 } if slopes else None
-        save_checkpoint(run.run_dir / "best", run.enc, {**run.meta, "step": step, **v}, files=files)
+    """Validate on merged adapters at the step's precision (the weight average in place when there is
+    one); keep `best/` when the score improves."""
+    fit = run.fit if step > 0 else None
+    live = {}
+    if run.ema is not None and run.cfg.ema_compare:    # the live weights too, for the record
+        with for_inference(run.enc, run.autocast):
+            live = {f"live_{k}": x for k, x in validate_run(run.enc, run.cfg, run.val, fit, run.probes)[0].items()}
+    with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
+        with for_inference(run.enc, run.autocast):
+            v, score, slopes = validate_run(run.enc, run.cfg, run.val, fit, run.probes)
+        run.record({"step": step, **v, **live})
+        if score > run.best["val_score"]:
+            c = "corrected_" if slopes else ""
+            run.best.update(val_score=score, val_acc=v[c + "val_acc"], step=step, raw_val_score=v["val_score"],
+                            length_corrected=slopes is not None, corrected_val_score=v.get("corrected_val_score"),
+                            corrected_val_acc=v.get("corrected_val_acc"))
+            files = {LENGTH_FILE: slopes_text(slopes, {"fitted_on": f"{len(run.fit)} training pairs", "step": step})
+                     } if slopes else None
+            save_checkpoint(run.run_dir / "best", run.enc, {**run.meta, "step": step, **v}, files=files)
     run.enc.train()
     return v, score
 
@@ -242,6 +231,8 @@ def train_step(run: Run, step: int) -> dict:
     finite = bool(torch.isfinite(gnorm))     # a NaN/inf gradient is not applied; the lr schedule still steps
     if finite:
         run.opt.step()
+        if run.ema is not None:
+            run.ema.update()
     run.sched.step()
     run.opt.zero_grad(set_to_none=True)
     bad = note_step(run, finite, step)        # the row's skip counts; raises after max_bad_steps in a row
@@ -256,7 +247,8 @@ def save_last(run: Run, done: int) -> None:
     rngs = dp.rng_states()            # every rank calls this; rank 0 writes every rank's RNG state
     state = {"step": done, "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
              "rng": rngs[0], "best": run.best, **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
-             **({"length_expert": run.expert.beta.detach().clone()} if run.expert else {})}
+             **({"length_expert": run.expert.beta.detach().clone()} if run.expert else {}),
+             **({"ema": run.ema.state_dict()} if run.ema else {})}
     if dp.is_main():
         save_checkpoint(run.run_dir / "last", run.enc, {**run.meta, "step": done}, state)
 

@@ -23,22 +23,36 @@ def val_domains(val) -> list[str]:
     return sorted({p.domain or "none" for p in val})
 
 
-def validate(enc, cfg, val, length_slopes: dict | None = None) -> dict:
-    """Score `val` (cfg: a recipe.TrainConfig) with the model as the scorer would (with `length_slopes`,
-    the length-corrected pointwise reward), then `metrics`; pairwise adds one-order accuracies."""
+def validate(enc, cfg, val, length_slopes: dict | None = None, probes=()) -> dict:
+    """Score `val` and `probes` (cfg: a recipe.TrainConfig) with the model as the scorer would (with
+    `length_slopes`, the length-corrected pointwise reward), then `metrics`; pairwise adds one-order
+    accuracies."""
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
     rm.length_slopes = length_slopes
-    first, second = rm.compare_outputs([p.prompt for p in val], [p.chosen for p in val],
-                                       [p.rejected for p in val], [p.domain for p in val])
+    rows, n = list(val) + list(probes), len(val)
+    first, second = rm.compare_outputs([p.prompt for p in rows], [p.chosen for p in rows],
+                                       [p.rejected for p in rows], [p.domain for p in rows])
     out = {}
     if cfg.mode == "pairwise":
         # one order at a time too: a model whose verdict follows the position more than the content shows
         # it here (the averaged score cancels the offset but keeps little signal)
-        z_ab, z_ba = first, second
+        z_ab, z_ba = first[:n], second[:n]
         out = {"val_acc_chosen_first": (z_ab > 0).float().mean().item(),
                "val_acc_chosen_second": (z_ba < 0).float().mean().item(),
                "val_same_verdict_both_orders": ((z_ab > 0) == (z_ba < 0)).float().mean().item()}
-    return {**metrics(pair_logit(first, second, cfg.mode), val, cfg.select), **out}
+    z = pair_logit(first, second, cfg.mode)
+    return {**metrics(z[:n], val, cfg.select), **probe_metrics(z[n:], probes), **out}
+
+
+def probe_metrics(z: torch.Tensor, probes) -> dict:
+    """`val_probe_<kind>`: accuracy on each kind of generated probe (augment.probes), and its standard error."""
+    out = {}
+    for src in sorted({p.source for p in probes}):
+        keep = [p.source == src for p in probes]
+        acc = _acc(z, keep)
+        out[f"val_{src.replace('-', '_')}"] = acc
+        out[f"val_{src.replace('-', '_')}_se"] = _se(acc, sum(keep))
+    return out
 
 
 @contextlib.contextmanager
@@ -55,14 +69,15 @@ def for_inference(enc, autocast=None):
         enc.train(was)
 
 
-def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tuple[dict, dict, dict]:
+def validate_with_correction(rm, val, sample, select: str = "domain_mean", probes=()) -> tuple[dict, dict, dict]:
     """One scoring pass over both responses of the validation pairs and of the fitting `sample` (training
     pairs): (raw validation metrics, slopes fitted on the sample, metrics of the corrected reward). The
     corrected pair logit subtracts calibrate.length_term from each side: exactly the scorer's corrected
     score() difference for the pair."""
     if rm.mode != "pointwise":
         raise ValueError("length correction is for pointwise models; this one is pairwise")
-    rows, n = list(val) + list(sample), len(val)
+    held = list(val) + list(probes)                 # scored, never fitted on
+    rows, n = held + list(sample), len(held)
     saved, rm.length_slopes = rm.length_slopes, None          # the raw reward
     try:
         r = torch.tensor(rm.score([p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows],
@@ -73,26 +88,32 @@ def validate_with_correction(rm, val, sample, select: str = "domain_mean") -> tu
     fit_texts = [p.chosen for p in sample] + [p.rejected for p in sample]
     slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), [log_length(t) for t in fit_texts],
                         [p.domain for p in sample] * 2)
-    doms = [p.domain for p in val]
+    doms, k = [p.domain for p in held], len(val)
     z = pair_logit(r_c[:n], r_r[:n], "pointwise")                                 # [n] raw pair logits
-    zc = z - pair_logit(length_term(slopes, [p.chosen for p in val], doms),
-                        length_term(slopes, [p.rejected for p in val], doms), "pointwise")
-    return metrics(z, val, select), slopes, metrics(zc, val, select)
+    zc = z - pair_logit(length_term(slopes, [p.chosen for p in held], doms),
+                        length_term(slopes, [p.rejected for p in held], doms), "pointwise")
+    return ({**metrics(z[:k], val, select), **probe_metrics(z[k:], probes)}, slopes,
+            {**metrics(zc[:k], val, select), **probe_metrics(zc[k:], probes)})
 
 
-def validate_run(enc, cfg, val, fit_pairs=None) -> tuple[dict, float, dict | None]:
+def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float, dict | None]:
     """One validation during training -> (metrics row, the score the selection uses, length slopes to
     store with the checkpoint or None). With `fit_pairs` (a pointwise model with the length correction
     on), the raw and the corrected reward are both validated and the better one is the checkpoint's score
     (a tie goes to the corrected reward): the scorer will then use exactly the reward that was selected."""
     if not fit_pairs:
-        v = validate(enc, cfg, val)
+        v = validate(enc, cfg, val, probes=probes)
         return v, v["val_score"], None
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
-    v, slopes, vc = validate_with_correction(rm, val, fit_pairs, cfg.select)
+    v, slopes, vc = validate_with_correction(rm, val, fit_pairs, cfg.select, probes)
     use = vc["val_score"] >= v["val_score"]
     row = {**v, "length_slopes": slopes, **{f"corrected_{k}": x for k, x in vc.items()}, "length_corrected": use}
     return row, (vc if use else v)["val_score"], slopes if use else None
+
+
+def _se(acc: float, n: int) -> float:
+    """The binomial standard error of an accuracy on n pairs."""
+    return (acc * (1 - acc) / n) ** 0.5 if n else float("nan")
 
 
 def _acc(z: torch.Tensor, keep: list[bool]) -> float:
@@ -109,7 +130,9 @@ def metrics(z: torch.Tensor, val, select: str = "domain_mean") -> dict:
     out = {"val_acc": (z > 0).float().mean().item(), "val_loss": bradley_terry_loss(z).item()}
     doms = val_domains(val)
     for d in doms:
-        out[f"val_acc_{d}"] = _acc(z, [(p.domain or "none") == d for p in val])
+        keep = [(p.domain or "none") == d for p in val]
+        out[f"val_acc_{d}"] = _acc(z, keep)
+        out[f"val_se_{d}"] = _se(out[f"val_acc_{d}"], sum(keep))
     # length: preference data mostly favours the longer answer, so a model can score by counting tokens;
     # its accuracy then falls apart on the pairs whose better answer is the shorter one. Shown per side and
     # as a length-balanced score: per domain, the mean of the two sides' accuracies, averaged over domains.
@@ -125,6 +148,8 @@ def metrics(z: torch.Tensor, val, select: str = "domain_mean") -> dict:
     for src in sorted({p.source for p in val if p.source}):
         # per file (or generator) too, for the record: a domain averages sources that may move apart
         out[f"val_src_acc_{src}"] = _acc(z, [p.source == src for p in val])
+    # the domain mean's standard error: the domains are independent samples
+    out["val_domain_mean_se"] = sum(out[f"val_se_{d}"] ** 2 for d in doms) ** 0.5 / len(doms)
     if select == "domain_mean":
         out["val_score"] = sum(out[f"val_acc_{d}"] for d in doms) / len(doms)
     elif select == "acc":

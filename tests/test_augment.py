@@ -1,0 +1,90 @@
+"""Style, relevance and shuffle pairs (augment.py): the content survives, the label never follows the style."""
+import random
+from collections import Counter
+
+import pytest
+
+from tinyrm.augment import KINDS, augment, dress, probes, sentences, shuffled
+from tinyrm.data import PreferencePair
+from tinyrm.errors import RecipeError
+from tinyrm.recipe import load_recipe
+
+PROSE = ("Paris is the capital of France. It lies on the Seine. The city has about two million people. "
+         "Its museums draw visitors from everywhere.")
+
+
+def _pairs(n=40):
+    out = []
+    for i in range(n):
+        dom = ("chat", "safety", "reasoning")[i % 3]
+        out.append(PreferencePair(f"Question {i}: tell me about topic {i}?", f"Good answer {i}. It has detail {i}. "
+                                  f"And a third sentence {i}.", f"Bad answer {i}.", dom, f"src{i % 2}"))
+    return out
+
+
+def test_dress_keeps_every_sentence_and_adds_style():
+    for seed in range(30):
+        out = dress(PROSE, "Tell me about Paris.", random.Random(seed))
+        assert out != PROSE
+        for s in sentences(PROSE):
+            assert s in out, (seed, s)                       # content unchanged, only wrapped
+        assert len(out) > len(PROSE)
+
+
+def test_shuffle_is_a_permutation_of_the_sentences():
+    s = shuffled(PROSE, random.Random(3))
+    assert s != PROSE and Counter(sentences(s)) == Counter(sentences(PROSE))
+    assert len(s) == len(PROSE)                              # same words, same length: only order differs
+    assert shuffled("One sentence. Two sentences.", random.Random(0)) is None
+
+
+def test_augment_counts_labels_and_balance():
+    pairs = _pairs(40)
+    out, made = augment(pairs, {"style": 0.5, "relevance": 0.25, "shuffle": 0.25}, seed=5)
+    assert made == {"style": 20, "relevance": 10, "shuffle": 10}
+    assert len(out) == 80 and all(p in out for p in pairs)
+    new = [p for p in out if ":" in p.source]
+    orig = {p.prompt: p for p in pairs}
+    dressed = Counter()
+    for p in new:
+        src = orig[p.prompt]
+        assert p.domain == src.domain
+        kind = p.source.split(":")[0]
+        if kind == "style":
+            # exactly one side is the original, the other its dressed copy, and the label is the original's
+            if p.chosen == src.chosen:
+                assert src.rejected.strip() in p.rejected and p.rejected != src.rejected
+                dressed["rejected"] += 1
+            else:
+                assert p.rejected == src.rejected and src.chosen.split(".")[0] in p.chosen
+                dressed["chosen"] += 1
+        elif kind == "relevance":
+            other = [q for q in pairs if q.chosen == p.rejected]
+            assert p.chosen == src.chosen and other and other[0].prompt != p.prompt
+            assert other[0].domain == p.domain
+        else:
+            assert p.chosen == src.chosen and Counter(sentences(p.rejected)) == Counter(sentences(src.chosen))
+    # style follows the label exactly half the time: it carries no information about it
+    assert dressed == {"rejected": 10, "chosen": 10}
+    again, _ = augment(pairs, {"style": 0.5, "relevance": 0.25, "shuffle": 0.25}, seed=5)
+    assert again == out                                      # deterministic in the seed
+    assert augment(pairs, {"style": 0.5}, seed=6)[0] != out
+
+
+def test_probes_dress_only_the_wrong_answer():
+    val = _pairs(30)
+    pr = probes(val, 8, seed=1)
+    assert Counter(p.source for p in pr) == {f"probe-{k}": 8 for k in KINDS}
+    by_prompt = {p.prompt: p for p in val}
+    for p in pr:
+        if p.source == "probe-style":
+            src = by_prompt[p.prompt]
+            assert p.chosen == src.chosen and src.rejected.strip() in p.rejected and p.rejected != src.rejected
+
+
+def test_recipe_fields_and_their_limits():
+    cfg = load_recipe("default", ["--aug_style", "0.3", "--probes", "100", "--ema", "0.99"])
+    assert (cfg.aug_style, cfg.probes, cfg.ema) == (0.3, 100, 0.99)
+    for k, v in [("--aug_style", "-0.1"), ("--ema", "1.0"), ("--probes", "-1")]:
+        with pytest.raises(RecipeError, match=k.lstrip("-")):
+            load_recipe("default", [k, v])
