@@ -299,3 +299,28 @@ def test_collate_exact():
     assert out["token_type_ids"].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]]
     assert out["mask_pos"].tolist() == [3, 1] and out["labels"].tolist() == [0, 1]
     assert all(v.dtype == torch.long for v in out.values())
+
+
+def test_trials_table_keeps_what_the_selection_keeps(tmp_path):
+    """bench/trials.py: per weights, the best (step, reward form) by the selection rule (a tie to the
+    corrected form, the earlier step on equal scores), and the average-minus-live differences."""
+    import json as _json
+    import trials as TR
+    run = tmp_path / "t0"
+    run.mkdir()
+    (run / "config.json").write_text(_json.dumps({"batch_pairs": 16}))
+    rows = [{"step": 0, "val_score": 0.50, "live_val_score": 0.50},
+            {"step": 1, "loss": 0.7},
+            {"step": 150, "val_score": 0.60, "corrected_val_score": 0.62, "val_len_balanced": 0.58,
+             "corrected_val_len_balanced": 0.64, "live_val_score": 0.61, "live_corrected_val_score": 0.59},
+            {"step": 300, "val_score": 0.62, "corrected_val_score": 0.62, "corrected_val_probe_style": 0.4,
+             "live_val_score": 0.58, "live_corrected_val_score": 0.60}]
+    (run / "metrics.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    val = TR.validations(run)
+    avg, live = TR.kept(val, ""), TR.kept(val, "live_")
+    assert (avg["step"], avg["form"], avg["val_len_balanced"]) == (150, "corrected", 0.64)   # 0.62 first
+    assert (live["step"], live["form"], live["val_score"]) == (150, "raw", 0.61)
+    text, curves = TR.table([run])
+    # average minus live at 150: 0.62 - 0.61; at 300: 0.62 - 0.60; mean +0.015
+    assert "| t0 | 150 | +0.0100 |" in text and "| t0 | 300 | +0.0200 |" in text and "+0.0150" in text
+    assert curves[0][1] == [(0, 0.50), (2400, 0.62), (4800, 0.62)]

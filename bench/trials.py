@@ -1,0 +1,113 @@
+"""The decision table of recipe trials: runs' metrics.jsonl -> a Markdown table and a PNG of validation
+against training pairs seen.
+
+    .venv/bin/python bench/trials.py runs/t0-base-* runs/t1-aug-* --out bench/results/trials.md
+
+For every run and, when the run validated a weight average (`ema`) with `ema_compare`, for both the
+average and the live weights: the checkpoint the selection rule keeps (the best validation score over the
+validations, the raw or the length-corrected reward, a tie to the corrected one, the earlier step on
+equal scores) and its figures: the domain mean with its standard error, the length-balanced score,
+accuracy where the chosen answer is the longer / the shorter one, per domain, and per generated probe.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PROBES = ("style", "relevance", "shuffle")
+
+
+def validations(run: Path) -> list[dict]:
+    rows = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "val_score" in r:
+            rows[r["step"]] = r                   # a resumed run's later row of a step wins
+    return [rows[k] for k in sorted(rows)]
+
+
+def form(row: dict, prefix: str) -> dict:
+    """The reward form the selection uses at this validation: {key: value} without prefixes."""
+    raw = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and not k.startswith(prefix + "corrected_")}
+    cor = {k[len(prefix) + 10:]: v for k, v in row.items() if k.startswith(prefix + "corrected_")}
+    if cor and cor["val_score"] >= raw["val_score"]:
+        return {**cor, "form": "corrected", "step": row["step"]}
+    return {**raw, "form": "raw", "step": row["step"]}
+
+
+def kept(rows: list[dict], prefix: str) -> dict | None:
+    best = None
+    for r in rows:
+        if prefix and prefix + "val_score" not in r:
+            continue
+        f = form(r, prefix)
+        if best is None or f["val_score"] > best["val_score"]:
+            best = f
+    return best
+
+
+def _f(x, se=None) -> str:
+    if x is None or x != x:
+        return "—"
+    return f"{x:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
+
+def table(runs: list[Path]) -> tuple[str, list[tuple[str, list[tuple[int, float]]]]]:
+    head = ("| run | weights | kept | domain mean ± se | length-balanced | chosen longer | chosen shorter | "
+            "chat | safety | reasoning | " + " | ".join(f"probe {p}" for p in PROBES) + " |")
+    lines, curves, paired = [head, "|" + "---|" * (10 + len(PROBES))], [], []
+    for run in runs:
+        rows = validations(run)
+        batch = json.loads((run / "config.json").read_text())["batch_pairs"]
+        for name, prefix in (("average", ""), ("live", "live_")) if any("live_val_score" in r for r in rows) \
+                else (("live", ""),):
+            k = kept(rows, prefix)
+            if k is None:
+                continue
+            probe = [_f(k.get(f"val_probe_{p}")) for p in PROBES]
+            lines.append(f"| {run.name} | {name} | step {k['step']}, {k['form']} | "
+                         f"{_f(k['val_score'], k.get('val_domain_mean_se'))} | {_f(k.get('val_len_balanced'))} | "
+                         f"{_f(k.get('val_acc_chosen_longer'))} | {_f(k.get('val_acc_chosen_shorter'))} | "
+                         + " | ".join(_f(k.get(f"val_acc_{d}")) for d in ("chat", "safety", "reasoning"))
+                         + " | " + " | ".join(probe) + " |")
+            curves.append((f"{run.name} ({name})", [(r["step"] * batch, form(r, prefix)["val_score"])
+                                                     for r in rows if prefix + "val_score" in r]))
+        paired += [(run.name, r["step"], form(r, "")["val_score"] - form(r, "live_")["val_score"])
+                   for r in rows if "live_val_score" in r and r["step"] > 0]
+    if paired:
+        lines += ["", "| run | step | average − live (selection score) |", "|---|---:|---:|"]
+        lines += [f"| {n} | {s} | {d:+.4f} |" for n, s, d in paired]
+        lines += [f"| mean | | {sum(d for *_, d in paired) / len(paired):+.4f} |"]
+    return "\n".join(lines) + "\n", curves
+
+
+def plot(curves, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for label, pts in curves:
+        ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=label)
+    ax.axhline(0.5, ls=":", c="grey")
+    ax.set_xlabel("training pairs seen (steps × batch)")
+    ax.set_ylabel("validation domain mean (selected reward form)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, help="write the table here (and the PNG beside it)")
+    args = ap.parse_args()
+    text, curves = table(args.runs)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        plot(curves, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
