@@ -225,6 +225,30 @@ def test_cpu_bf16_autocast_trains_close_to_float32(tiny_bert, tmp_path):
     assert all(t.dtype == torch.float32 for t in w.values())
 
 
+def test_bf16_on_a_cpu_without_bf16_units_warns(tiny_bert, tmp_path, monkeypatch, capsys):
+    """The warning follows the hardware check: said where bf16 is emulated, silent where it is native,
+    and never for float32 ("auto" on CPU)."""
+    from tinyrm import precision
+
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda n=native: n)
+        precision.autocast_for(_cfg(tmp_path, tiny_bert, "unused", amp="bf16"), torch.device("cpu"))
+        assert ("without bf16 units" in capsys.readouterr().out) == warned
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    precision.autocast_for(_cfg(tmp_path, tiny_bert, "unused", amp="auto"), torch.device("cpu"))
+    assert "bf16" not in capsys.readouterr().out
+    # the check agrees with the CPU's own flags (Linux): AMX-BF16 or AVX512-BF16 is native bf16; without
+    # AVX-512 at all oneDNN emulates it (AVX-512 without BF16 sits between: oneDNN converts with AVX-512)
+    from pathlib import Path
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        flags = set(info.read_text().split())
+        if flags & {"amx_bf16", "avx512_bf16"}:
+            assert precision.cpu_has_bf16()
+        elif "avx512f" not in flags:
+            assert not precision.cpu_has_bf16()
+
+
 def test_length_balance_per_domain():
     """Per domain, as many chosen-longer as chosen-shorter pairs survive (the minority side is kept whole);
     equal lengths are kept; the survivors keep their order; the same seed drops the same pairs."""
