@@ -9,8 +9,8 @@ from .recipe import TrainConfig
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AMX or AVX512-BF16). Without them oneDNN emulates
-    bf16 and a training step runs ~20x slower than in float32 (measured on an AVX2-only AMD EPYC)."""
+    """Whether oneDNN has bf16 kernels for this CPU (AMX, AVX512-BF16, or AVX-512 converting). On an
+    AVX2-only CPU it has none, and a training step runs ~20x slower than in float32 (an AMD EPYC, measured)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -24,6 +24,6 @@ def autocast_for(cfg: TrainConfig, device: torch.device):
         raise RecipeError(f"amp must be 'auto', 'bf16' or 'off', got {cfg.amp!r}")
     on = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     if on and device.type == "cpu" and not cpu_has_bf16():
-        dp.say("warning: amp = 'bf16' on a CPU without bf16 units (AMX, AVX512-BF16): steps run about 20x "
+        dp.say("warning: amp = 'bf16' on a CPU without bf16 units (AMX, AVX-512): steps run about 20x "
                "slower than float32; use --amp auto")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
