@@ -87,6 +87,16 @@ def test_exact_resume_bit_for_bit(tiny_bert, tmp_path):
     assert la == lb
 
 
+def test_eval_untrained_off_skips_only_step_zero(tiny_bert, tmp_path):
+    data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
+    for flag, steps in ((True, [0, 2, 4]), (False, [2, 4])):
+        run = tmp_path / f"r{flag}"
+        train(_cfg(tmp_path, tiny_bert, data, max_steps=4, eval_every=2, eval_untrained=flag), run_dir=run)
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "val_score" in r] == steps
+        assert json.loads((run / "best" / "adapter.json").read_text())["step"] in steps
+
+
 def test_learns_a_synthetic_preference_task(minilm_path, tmp_path):
     """A few hundred optimiser steps on MiniLM (real weights) lift held-out pairwise accuracy well
     above chance; the untrained cloze starts near chance."""

@@ -80,6 +80,7 @@ class TrainConfig:
     ema_compare: bool = False           # also validate the live weights at every validation (a record only)
     # bookkeeping
     eval_every: int = 50
+    eval_untrained: bool = True         # validate the untrained cloze at step 0 too (the same in every run)
     save_every: int = 50
     runs_dir: str = "runs"
     threads: int = 0                    # 0: leave torch's default

@@ -284,7 +284,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     """Run (or resume, when run_dir holds a checkpoint) a training job; returns the summary dict."""
     run = setup(cfg, run_dir)
     resume(run)
-    if run.start == 0 and run.val:
+    if run.start == 0 and run.val and cfg.eval_untrained:
         dp.on_main(lambda: tqdm.write(f"step 0 (untrained cloze): val_score {validate_and_keep(run, 0)[1]:.4f}"))
     loop(run, stop_after)
     return finish(run)
