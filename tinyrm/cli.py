@@ -106,7 +106,8 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     """--device and --dtype, shared by every command that runs a model."""
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="bfloat16 runs ~2.5x faster on CPUs with AMX, with small score differences")
+                   help="bfloat16: ~2.5x faster on CPUs with AMX, small score differences; much slower "
+                        "on CPUs without AVX-512")
 
 
 def _add_training_commands(sub) -> None:
