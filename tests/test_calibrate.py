@@ -149,12 +149,13 @@ def test_validate_run_rule(monkeypatch):
     slopes = {"chat": 0.5, "*": 0.5}
     for raw, corr, used in ((0.6, 0.5, False), (0.6, 0.6, True), (0.5, 0.7, True)):
         monkeypatch.setattr(V, "validate_with_correction",
-                            lambda rm, val, fit, select, r=raw, c=corr: ({"val_score": r}, slopes, {"val_score": c}))
+                            lambda rm, val, fit, select, probes=(), r=raw, c=corr: ({"val_score": r}, slopes,
+                                                                                   {"val_score": c}))
         monkeypatch.setattr(V, "RewardModel", lambda *a, **k: None)
         row, score, kept = V.validate_run(None, TrainConfig(mode="pointwise"), [], fit_pairs=["a pair"])
         assert score == max(raw, corr) and (kept is slopes) == used and row["length_corrected"] == used
         assert row["corrected_val_score"] == corr and row["val_score"] == raw
-    monkeypatch.setattr(V, "validate", lambda enc, cfg, val: {"val_score": 0.4})
+    monkeypatch.setattr(V, "validate", lambda enc, cfg, val, probes=(): {"val_score": 0.4})
     assert V.validate_run(None, TrainConfig(), [], None) == ({"val_score": 0.4}, 0.4, None)
 
 
