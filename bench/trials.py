@@ -29,8 +29,9 @@ def validations(run: Path) -> list[dict]:
 
 def form(row: dict, prefix: str) -> dict:
     """The reward form the selection uses at this validation: {key: value} without prefixes."""
-    raw = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and not k.startswith(prefix + "corrected_")}
-    cor = {k[len(prefix) + 10:]: v for k, v in row.items() if k.startswith(prefix + "corrected_")}
+    c = prefix + "corrected_"
+    raw = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and not k.startswith(c)}
+    cor = {k[len(c):]: v for k, v in row.items() if k.startswith(c)}
     if cor and cor["val_score"] >= raw["val_score"]:
         return {**cor, "form": "corrected", "step": row["step"]}
     return {**raw, "form": "raw", "step": row["step"]}
