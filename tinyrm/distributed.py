@@ -176,6 +176,14 @@ def sum_int(x: int) -> int:
     return int(t.item())
 
 
+def sum_float(x: float) -> float:
+    if not is_distributed():
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=_comm)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
 def gather_cat(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """1-D tensors of this rank (maybe none) -> all ranks' concatenated, rank 0's first, on every rank."""
     local = torch.cat(parts) if parts else torch.zeros(0, device=device)

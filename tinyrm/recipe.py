@@ -75,6 +75,8 @@ class TrainConfig:
     aug_style: float = 0.0              # add this fraction of style pairs (augment.py: one side dressed up in
     aug_relevance: float = 0.0          # markdown and padding), off-topic answers of the same domain, and
     aug_shuffle: float = 0.0            # sentence-shuffled answers; labels never follow the style
+    mlm_weight: float = 0.0             # >0: add this times an auxiliary masked-LM loss on the training text
+    mlm_frac: float = 0.15              # (mlm.py): the fraction of text tokens hidden in each training sequence
     probes: int = 0                     # held-out probes of each augment kind, made from validation pairs
     ema: float = 0.0                    # >0: validate and keep a moving average of the weights (ema.py), decay
     ema_compare: bool = False           # also validate the live weights at every validation (a record only)
@@ -126,8 +128,8 @@ def _entry_types(r: dict, where: str) -> None:
 _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "save_every", "val_max_pairs",
              "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip"}
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
-                 "aug_style", "aug_relevance", "aug_shuffle", "probes"}
-_FRACTION = {"dropout", "val_frac", "warmup_frac", "ema"}           # in [0, 1)
+                 "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight"}
+_FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac"}           # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc")}
 
 

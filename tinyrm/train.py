@@ -34,9 +34,11 @@ from .ema import Ema
 from .errors import RecipeError
 from .guard import note_step
 from .mix import load_data
+from .mlm import answer_and_mlm, mask_generator
 from .optim import make_optimizer
 from .precision import autocast_for
 from .prompts import Cloze
+from .tokens import Specials
 from .recipe import TrainConfig, check_files, needed_files
 from .scorer import mask_logits, pick_device
 from .summary import finish
@@ -75,12 +77,18 @@ def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
     return steps[:cfg.max_steps] if cfg.max_steps > 0 else steps
 
 
-def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, expert=None):
-    """Forward + backward for one micro-batch; returns (diffs, tokens). `expert`: a LengthExpert whose
-    term joins each pair's logit (pointwise)."""
+def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, expert=None, mlm=None):
+    """Forward + backward for one micro-batch; returns (diffs, tokens, mean MLM loss or None). `expert`:
+    a LengthExpert whose term joins each pair's logit (pointwise). `mlm`: (Specials, generator) when
+    cfg.mlm_weight > 0, for the auxiliary masked-LM loss (mlm.py)."""
     exs = [ex for i in pair_ids for ex in examples[i]]
+    mlm_loss = None
     with autocast:
-        lg = mask_logits(enc, [e for e, _ in exs], vocab).float()             # [N, 2]
+        if mlm is None:
+            lg = mask_logits(enc, [e for e, _ in exs], vocab).float()         # [N, 2]
+        else:
+            lg, mlm_loss, _ = answer_and_mlm(enc, [e for e, _ in exs], vocab, mlm[0], cfg.mlm_frac, mlm[1])
+            lg = lg.float()
     z = lg[:, 0] - lg[:, 1]                        # log-odds of answer word 0 ('0' / 'yes')
     labels = torch.tensor([y for _, y in exs], device=z.device)
     if cfg.mode == "pairwise":
@@ -90,8 +98,10 @@ def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, exper
         if expert is not None:
             diff = diff + expert(pair_ids)          # + β_d · (log-length gap)
     loss = bradley_terry_loss(diff, cfg.margin, reduction="sum") / n_diffs
+    if mlm_loss is not None:    # this micro-batch's share of the step's mean: weighted by its diffs
+        loss = loss + cfg.mlm_weight * mlm_loss * (len(diff) / n_diffs)
     loss.backward()
-    return diff.detach(), sum(len(e.input_ids) for e, _ in exs)
+    return diff.detach(), sum(len(e.input_ids) for e, _ in exs), None if mlm_loss is None else mlm_loss.item()
 
 
 @dataclass
@@ -113,6 +123,7 @@ class Run:
     fit: list | None = None                          # training pairs the length slopes are fitted on
     probes: list = field(default_factory=list)       # generated from validation pairs (augment.probes)
     ema: Ema | None = None                           # the weight average validated and kept (ema.py)
+    specials: Specials | None = None                 # the tokenizer's [CLS]/[SEP]/[MASK]/[PAD] (mlm.py)
     start: int = 0
     best: dict = field(default_factory=lambda: {"val_score": -1.0, "step": -1})
     t0: float = field(default_factory=time.time)
@@ -161,7 +172,7 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
         atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     dp.say(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
     return Run(cfg, run_dir, enc, train_pairs, val, examples, steps, torch.tensor(cloze.answer_ids, device=device),
-               autocast_for(cfg, device), opt, sched, meta, expert, fit, probes, ema)
+               autocast_for(cfg, device), opt, sched, meta, expert, fit, probes, ema, cloze.sp)
 
 
 def resume(run: Run) -> None:
@@ -221,11 +232,13 @@ def train_step(run: Run, step: int) -> dict:
     pairs = dp.shard(run.steps[step])      # this rank's fixed slice; n_diffs counts the whole step's
     n_diffs = len(run.steps[step]) * (2 if cfg.mode == "pairwise" else 1)   # diffs (see distributed.py)
     sizes = {i: sum(len(e.input_ids) for e, _ in run.examples[i]) for i in pairs}
-    diffs, tokens = [], 0
-    for mb in micro_batches(pairs, sizes, cfg.micro_tokens):
-        d, n = step_loss(run.enc, cfg, run.examples, mb, run.vocab, n_diffs, run.autocast, run.expert)
+    diffs, tokens, mlm_sum = [], 0, 0.0
+    for k, mb in enumerate(micro_batches(pairs, sizes, cfg.micro_tokens)):
+        mlm = (run.specials, mask_generator(cfg.seed + dp.rank(), step, k)) if cfg.mlm_weight > 0 else None
+        d, n, m = step_loss(run.enc, cfg, run.examples, mb, run.vocab, n_diffs, run.autocast, run.expert, mlm)
         diffs.append(d)
         tokens += n
+        mlm_sum += 0.0 if m is None else m * len(d) / n_diffs
     dp.sum_grads(p for g in run.opt.param_groups for p in g["params"])      # the whole step's gradient
     gnorm = torch.nn.utils.clip_grad_norm_([p for g in run.opt.param_groups for p in g["params"]], cfg.grad_clip)
     finite = bool(torch.isfinite(gnorm))     # a NaN/inf gradient is not applied; the lr schedule still steps
@@ -240,7 +253,8 @@ def train_step(run: Run, step: int) -> dict:
     return {"step": step + 1, "lr": run.sched.get_last_lr()[0], "loss": bradley_terry_loss(d).item(),
             **preference_stats(d), "grad_norm": gnorm.item(), "tokens": tokens,
             "tokens_per_s": tokens / (time.time() - ts), "elapsed": time.time() - run.t0,
-            **({f"length_beta_{k}": b for k, b in run.expert.values().items()} if run.expert else {}), **bad}
+            **({f"length_beta_{k}": b for k, b in run.expert.values().items()} if run.expert else {}),
+            **({"mlm_loss": dp.sum_float(mlm_sum)} if cfg.mlm_weight > 0 else {}), **bad}
 
 
 def save_last(run: Run, done: int) -> None:
