@@ -198,7 +198,7 @@ def test_length_expert_joins_the_pair_logit(tiny_bert, tmp_path):
     ids = [0, 3, 5, 8]
     examples = build_examples(enc, cfg, pairs)
     vocab = torch.tensor(RewardModel(enc, "pointwise").cloze.answer_ids)
-    diff, _ = step_loss(enc, cfg, examples, ids, vocab, len(ids), torch.autocast("cpu", enabled=False), expert)
+    diff, _, _ = step_loss(enc, cfg, examples, ids, vocab, len(ids), torch.autocast("cpu", enabled=False), expert)
     with torch.no_grad():
         lg = mask_logits(enc, [e for i in ids for e, _ in examples[i]], vocab)
     r = lg[:, 0] - lg[:, 1]

@@ -29,6 +29,11 @@ def mask_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + micro)
 
 
+def masking(enc, seed: int, step: int, micro: int) -> tuple[Specials, torch.Generator]:
+    """What answer_and_mlm needs besides the batch: the tokenizer's special ids and the micro-batch's generator."""
+    return Specials.from_tokenizer(enc.tokenizer), mask_generator(seed, step, micro)
+
+
 def hide_tokens(examples, sp: Specials, frac: float, gen: torch.Generator):
     """examples (.input_ids, .mask_pos) -> (masked id lists, hidden positions per sequence, their true ids).
 

@@ -34,11 +34,10 @@ from .ema import Ema
 from .errors import RecipeError
 from .guard import note_step
 from .mix import load_data
-from .mlm import answer_and_mlm, mask_generator
+from .mlm import answer_and_mlm, masking
 from .optim import make_optimizer
 from .precision import autocast_for
 from .prompts import Cloze
-from .tokens import Specials
 from .recipe import TrainConfig, check_files, needed_files
 from .scorer import mask_logits, pick_device
 from .summary import finish
@@ -78,18 +77,14 @@ def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
 
 
 def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, expert=None, mlm=None):
-    """Forward + backward for one micro-batch; returns (diffs, tokens, mean MLM loss or None). `expert`:
-    a LengthExpert whose term joins each pair's logit (pointwise). `mlm`: (Specials, generator) when
-    cfg.mlm_weight > 0, for the auxiliary masked-LM loss (mlm.py)."""
+    """Forward + backward for one micro-batch -> (diffs, tokens, mean MLM loss or None). `expert`: a
+    LengthExpert (pointwise); `mlm`: (Specials, generator) for the auxiliary masked-LM loss (mlm.py)."""
     exs = [ex for i in pair_ids for ex in examples[i]]
-    mlm_loss = None
-    with autocast:
-        if mlm is None:
-            lg = mask_logits(enc, [e for e, _ in exs], vocab).float()         # [N, 2]
-        else:
-            lg, mlm_loss, _ = answer_and_mlm(enc, [e for e, _ in exs], vocab, mlm[0], cfg.mlm_frac, mlm[1])
-            lg = lg.float()
-    z = lg[:, 0] - lg[:, 1]                        # log-odds of answer word 0 ('0' / 'yes')
+    seqs = [e for e, _ in exs]
+    with autocast:                                                            # lg [N, 2]
+        lg, mlm_loss = (mask_logits(enc, seqs, vocab), None) if mlm is None else \
+            answer_and_mlm(enc, seqs, vocab, mlm[0], cfg.mlm_frac, mlm[1])[:2]
+    z = lg[:, 0].float() - lg[:, 1].float()        # log-odds of answer word 0 ('0' / 'yes')
     labels = torch.tensor([y for _, y in exs], device=z.device)
     if cfg.mode == "pairwise":
         diff = torch.where(labels == 0, z, -z)     # chosen's log-odds, one per order
@@ -123,7 +118,6 @@ class Run:
     fit: list | None = None                          # training pairs the length slopes are fitted on
     probes: list = field(default_factory=list)       # generated from validation pairs (augment.probes)
     ema: Ema | None = None                           # the weight average validated and kept (ema.py)
-    specials: Specials | None = None                 # the tokenizer's [CLS]/[SEP]/[MASK]/[PAD] (mlm.py)
     start: int = 0
     best: dict = field(default_factory=lambda: {"val_score": -1.0, "step": -1})
     t0: float = field(default_factory=time.time)
@@ -172,7 +166,7 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
         atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     dp.say(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
     return Run(cfg, run_dir, enc, train_pairs, val, examples, steps, torch.tensor(cloze.answer_ids, device=device),
-               autocast_for(cfg, device), opt, sched, meta, expert, fit, probes, ema, cloze.sp)
+               autocast_for(cfg, device), opt, sched, meta, expert, fit, probes, ema)
 
 
 def resume(run: Run) -> None:
@@ -234,7 +228,7 @@ def train_step(run: Run, step: int) -> dict:
     sizes = {i: sum(len(e.input_ids) for e, _ in run.examples[i]) for i in pairs}
     diffs, tokens, mlm_sum = [], 0, 0.0
     for k, mb in enumerate(micro_batches(pairs, sizes, cfg.micro_tokens)):
-        mlm = (run.specials, mask_generator(cfg.seed + dp.rank(), step, k)) if cfg.mlm_weight > 0 else None
+        mlm = masking(run.enc, cfg.seed + dp.rank(), step, k) if cfg.mlm_weight > 0 else None
         d, n, m = step_loss(run.enc, cfg, run.examples, mb, run.vocab, n_diffs, run.autocast, run.expert, mlm)
         diffs.append(d)
         tokens += n
