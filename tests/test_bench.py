@@ -324,3 +324,38 @@ def test_trials_table_keeps_what_the_selection_keeps(tmp_path):
     # average minus live at 150: 0.62 - 0.61; at 300: 0.62 - 0.60; mean +0.015
     assert "| t0 | 150 | +0.0100 |" in text and "| t0 | 300 | +0.0200 |" in text and "+0.0150" in text
     assert curves[0][1] == [(0, 0.50), (2400, 0.62), (4800, 0.62)]
+
+
+def test_score_memory_summary_by_hand_and_a_short_real_run(tmp_path, minilm_path):
+    """bench/score_memory.py: tqdm's row count read from a stderr log, the tenths and growth by hand, and
+    a real `tinyrm score` child on a tiny model: every row written, RSS sampled and reported."""
+    import gzip
+    import json as _json
+    import score_memory as SM
+    from conftest import write_tiny_bert
+
+    log = tmp_path / "err.log"
+    log.write_text("rows.jsonl.gz: 0row [00:00, ?row/s]\rrows.jsonl.gz: 2048row [00:03, 650.1row/s]\r")
+    assert SM.rows_done(log) == 2048 and SM.rows_done(tmp_path / "none") == 0
+    samples = [{"t": 0, "rss_mb": 100.0, "rows": 0}, {"t": 1, "rss_mb": 400.0, "rows": 150},
+               {"t": 2, "rss_mb": 420.0, "rows": 600}, {"t": 3, "rss_mb": 410.0, "rows": 900}]
+    s = SM.summarise(samples, 1000)
+    assert s["peak_mb"] == 420.0 and s["tenths"][0]["rows"] == 150 and s["tenths"][5]["rows"] == 600
+    assert s["tenths"][9] == samples[-1] and s["growth_after_first_tenth_mb"] == 10.0   # 410 - 400
+
+    rows = SM.write_rows(tmp_path / "r.jsonl.gz", 50, "pair", seed=1)
+    again = SM.write_rows(tmp_path / "r2.jsonl.gz", 50, "pair", seed=1)
+    lines = gzip.open(rows, "rt").read().splitlines()
+    assert lines == gzip.open(again, "rt").read().splitlines() and len(lines) == 50
+    assert set(_json.loads(lines[0])) == {"id", "prompt", "chosen", "rejected"}
+
+    model = write_tiny_bert(tmp_path / "tiny", minilm_path, seed=0, layers=2)
+    out = tmp_path / "res" / "mem"
+    SM.main(["--model", str(model), "--rows", "3000", "--kind", "pair", "--every", "0.1", "--threads", "1",
+             "--out", str(out)])
+    got = [_json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert got and all(0 < g["rss_mb"] < 8000 for g in got) and max(g["rss_mb"] for g in got) > 50   # torch alone
+    assert [g["rows"] for g in got] == sorted(g["rows"] for g in got)
+    md = out.with_suffix(".md").read_text()
+    assert "3,000 rows" in md and f"{max(g['rss_mb'] for g in got):,.0f} MB" in md and str(tmp_path) not in md
+    assert out.with_suffix(".png").stat().st_size > 1000
