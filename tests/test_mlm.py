@@ -65,23 +65,31 @@ def test_hidden_fraction_matches_mlm_frac(tiny):
     assert abs(k / n - frac) < 5 * math.sqrt(frac * (1 - frac) / n)
 
 
-def test_answer_logits_and_mlm_loss_equal_transformers_in_float64(tiny):
-    from transformers import BertForMaskedLM
-
-    folder, enc, cloze = tiny
+@pytest.mark.parametrize("arch", ["bert", "modernbert"])
+def test_answer_logits_and_mlm_loss_equal_transformers_in_float64(arch, tiny, tiny_modernbert):
+    """answer_and_mlm against transformers' own masked-LM model (float64) on the same hidden tokens."""
+    if arch == "bert":
+        from transformers import BertForMaskedLM
+        folder, enc, cloze = tiny
+        ref = BertForMaskedLM.from_pretrained(folder)
+    else:
+        folder, ref = tiny_modernbert
+        enc = load_encoder(folder)
+        cloze = Cloze.for_encoder(enc, "pointwise", "domain", 64)
+    ref = ref.double().eval()
     exs = _examples(cloze)
     vocab = torch.tensor(cloze.answer_ids)
     with torch.no_grad():
         lg, mlm, m = answer_and_mlm(enc, exs, vocab, cloze.sp, 0.3, mask_generator(5, 0, 0))
     seqs, hidden, targets = hide_tokens(exs, cloze.sp, 0.3, mask_generator(5, 0, 0))
     assert m == len(targets) > 0
-    ref = BertForMaskedLM.from_pretrained(folder).double().eval()
     L = max(map(len, seqs))
     ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
-    tt = torch.tensor([e.token_type_ids + [0] * (L - len(e.input_ids)) for e in exs])
     att = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
+    kw = {"token_type_ids": torch.tensor([e.token_type_ids + [0] * (L - len(e.input_ids)) for e in exs])} \
+        if arch == "bert" else {}
     with torch.no_grad():
-        full = ref(input_ids=ids, attention_mask=att, token_type_ids=tt).logits           # [B, L, V] float64
+        full = ref(input_ids=ids, attention_mask=att, **kw).logits                    # [B, L, V] float64
     want_lg = torch.stack([full[b, e.mask_pos][vocab] for b, e in enumerate(exs)])
     at_hidden = torch.stack([full[b, i] for b, pos in enumerate(hidden) for i in pos])     # [M, V]
     want_mlm = F.cross_entropy(at_hidden, torch.tensor(targets))
