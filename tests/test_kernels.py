@@ -128,6 +128,30 @@ def test_linear_gelu_matches_float64(n, d, o):
                                **f32_tol(1.13 * x.abs().sum(0), n_terms=max(n, d), steps=2))
 
 
+def test_linear_gelu_memory_does_not_grow_with_new_row_counts():
+    """oneDNN keeps a primitive (about 0.7 MB of generated code and state) for every input shape it meets;
+    900 different row counts cost over 600 MB that way. Padded to ROW_BUCKET rows they share 15 shapes
+    (< 15 MB); 100 MB leaves room for the allocator and still fails the unpadded call by far."""
+    import tinyrm.kernels.linear_act as la
+    from tinyrm.kernels import linear_gelu
+
+    if la._fused is None:
+        pytest.skip("this torch build has no oneDNN linear_pointwise")
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(1000, 64, generator=g), torch.randn(256, 64, generator=g), torch.randn(256, generator=g)
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6      # MB
+    with torch.no_grad():
+        for n in range(1, 101):
+            linear_gelu(x[:n], w, b)
+        before = rss()
+        for n in range(101, 1001):
+            y = linear_gelu(x[:n], w, b)
+        grown = rss() - before
+    assert y.shape == (1000, 256) and grown < 100, f"resident memory grew {grown:.0f} MB over 900 row counts"
+    torch.testing.assert_close(linear_gelu(x[:77], w, b), F.gelu(F.linear(x[:77], w, b)),
+                               **f32_tol(1.13 * (abs_matmul(x[:77], w.T) + b.double().abs()), n_terms=64, sides=2))
+
+
 def test_bert_scoring_takes_the_fused_path_with_merged_adapters(minilm_path, monkeypatch):
     """A trained (DoRA-adapted, merged) MiniLM scores through the fused linear+GELU, with the same logits
     as the unmerged adapters' own forward."""
