@@ -354,7 +354,7 @@ def test_score_memory_summary_by_hand_and_a_short_real_run(tmp_path, minilm_path
     SM.main(["--model", str(model), "--rows", "3000", "--kind", "pair", "--every", "0.1", "--threads", "1",
              "--out", str(out)])
     got = [_json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert got and all(0 < g["rss_mb"] < 8000 for g in got) and max(g["rss_mb"] for g in got) > 50   # torch alone
+    assert got and all(0 <= g["rss_mb"] < 8000 for g in got) and max(g["rss_mb"] for g in got) > 50  # torch alone
     assert [g["rows"] for g in got] == sorted(g["rows"] for g in got)
     md = out.with_suffix(".md").read_text()
     assert "3,000 rows" in md and f"{max(g['rss_mb'] for g in got):,.0f} MB" in md and str(tmp_path) not in md
