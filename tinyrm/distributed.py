@@ -168,20 +168,21 @@ def check_same(value, what: str) -> None:
                            f"same data files, model and tinyrm version")
 
 
-def sum_int(x: int) -> int:
+def _all_sum(x, dtype: torch.dtype):
+    """x summed over every rank (x itself when not distributed)."""
     if not is_distributed():
         return x
-    t = torch.tensor([x], dtype=torch.int64, device=_comm)
+    t = torch.tensor([x], dtype=dtype, device=_comm)
     dist.all_reduce(t)
-    return int(t.item())
+    return t.item()
+
+
+def sum_int(x: int) -> int:
+    return int(_all_sum(x, torch.int64))
 
 
 def sum_float(x: float) -> float:
-    if not is_distributed():
-        return x
-    t = torch.tensor([x], dtype=torch.float64, device=_comm)
-    dist.all_reduce(t)
-    return float(t.item())
+    return float(_all_sum(x, torch.float64))
 
 
 def gather_cat(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
