@@ -62,8 +62,11 @@ def answer_and_mlm(enc, examples, vocab_ids: torch.Tensor, sp: Specials, frac: f
     p = packed_from_lists(seqs, [e.token_type_ids for e in examples], device=dev)
     starts = p.cu_seqlens[:-1]
     answer = starts + torch.tensor([e.mask_pos for e in examples], device=dev)           # [N]
-    rows = torch.tensor([int(starts[b]) + i for b, pos in enumerate(hidden) for i in pos],
-                        dtype=torch.long, device=dev)                                   # [M]
+    first = [0]                                                # each sequence's first packed row, in Python
+    for s in seqs[:-1]:                                        # (no per-token .item() on the training step)
+        first.append(first[-1] + len(s))
+    rows = torch.tensor([first[b] + i for b, pos in enumerate(hidden) for i in pos], dtype=torch.long,
+                        device=dev)                                                     # [M]
     h = enc.encode_packed(p)                                   # [T, H]: every token, the hidden ones are read
     logits = enc.logits_at(h[answer], vocab_ids)               # [N, 2]
     if len(targets) == 0:
