@@ -359,3 +359,59 @@ def test_score_memory_summary_by_hand_and_a_short_real_run(tmp_path, minilm_path
     md = out.with_suffix(".md").read_text()
     assert "3,000 rows" in md and f"{max(g['rss_mb'] for g in got):,.0f} MB" in md and str(tmp_path) not in md
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_scaling_epochs_give_matched_steps_and_pair_views():
+    """bench/scaling.py: epochs_for(S, N, B) makes train.plan_steps plan exactly S steps, and when B divides
+    N every unique pair is seen S*B/N times (the same pair-views at every point of the curve)."""
+    import scaling as SC
+    from collections import Counter as _Counter
+    from types import SimpleNamespace
+    from tinyrm.train import plan_steps
+
+    for steps, n, batch in [(360, 720, 16), (360, 5760, 16), (120, 240, 16), (7, 12, 4), (10, 9, 4), (5, 100, 4)]:
+        examples = [[(SimpleNamespace(input_ids=[0] * (5 + i % 7)), 1)] for i in range(n)]
+        cfg = SimpleNamespace(epochs=SC.epochs_for(steps, n, batch), batch_pairs=batch, max_steps=steps, seed=3)
+        plan = plan_steps(examples, cfg)
+        assert len(plan) == steps, (steps, n, batch)
+        if n % batch == 0 and steps * batch % n == 0:
+            seen = _Counter(i for s in plan for i in s)
+            assert set(seen.values()) == {steps * batch // n} and len(seen) == n
+
+
+def test_scaling_runs_each_point_once_and_tabulates_its_validation(tmp_path, minilm_path):
+    """A real two-point curve on a tiny BERT: each point trains S steps on its N unique pairs (the run's
+    own summary and log say so), the table and JSONL carry the run's last validation, and a second call
+    reads the finished points instead of training them again."""
+    import json as _json
+    from conftest import write_tiny_bert
+    model = write_tiny_bert(tmp_path / "tiny", minilm_path, seed=0, layers=2)
+    words = "red blue green amber violet teal olive coral".split()
+    rows = [{"prompt": f"Repeat the word: {w}", "chosen": w, "rejected": words[(i + 1) % 8], "domain": "chat"}
+            for i, w in enumerate(words * 10)]
+    (tmp_path / "d.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'model = "{model}"\nmax_len = 64\nrank = 4\nfreeze_layers = 1\nbatch_pairs = 4\nmicro_tokens = 200\n'
+                      'val_frac = 0.2\neval_untrained = false\ndrop_rewardbench_overlap = false\n'
+                      f'[[data]]\npath = "{tmp_path / "d.jsonl"}"\n')
+    cmd = [sys.executable, str(ROOT / "bench" / "scaling.py"), "--pairs", "8", "16", "--steps", "4",
+           "--batch_pairs", "4", "--recipe", str(recipe), "--threads", "1", "--runs_dir", str(tmp_path / "runs"),
+           "--out", str(tmp_path / "out" / "scale")]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs = sorted((tmp_path / "runs").glob("scale-*"))
+    assert [r.name.split("-")[1] for r in runs] == ["16", "8"]
+    points = [_json.loads(x) for x in (tmp_path / "out" / "scale.jsonl").read_text().splitlines()]
+    for p in points:
+        run = tmp_path / "runs" / p["run"]
+        summary = _json.loads((run / "summary.json").read_text())
+        assert (summary["train_pairs"], summary["steps"]) == (p["unique_pairs"], 4)
+        val = [_json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "val_score" in x]
+        assert [v["step"] for v in val] == [4] and p["domain_mean"] == val[0]["val_score"]
+        assert p["epochs"] == 16 / p["unique_pairs"]
+    md = (tmp_path / "out" / "scale.md").read_text()
+    assert "| 8 | 2.00 | 4 |" in md and "| 16 | 1.00 | 4 |" in md
+    assert (tmp_path / "out" / "scale.png").stat().st_size > 0
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("already trained") == 2
+    assert sorted((tmp_path / "runs").glob("scale-*")) == runs

@@ -60,8 +60,9 @@ def test_missing_data_stops_train_and_eval_with_one_line_and_no_run_folder(tmp_p
     assert code == 2 and secs < 30 and str(empty / "rewardbench" / "filtered.jsonl") in line and "tinyrm data" in line
 
 
-def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
-    bad = tmp_path / "bad.jsonl"
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, minilm_path):
+    bad, good = tmp_path / "bad.jsonl", tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in _rows(20, 1)))
     bad.write_text(json.dumps(_rows(1)[0]) + "\n" + json.dumps(_rows(2)[1]) + "\n{oops\n")
     cases = [
         (["train", "--recipe", "default", "--data", str(bad), "--skip_bad", "false"], f"{bad}:3: bad JSON"),
@@ -69,6 +70,8 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
         (["eval", "--model", str(tmp_path / "no-model"), "--data", str(bad)], str(tmp_path / "no-model")),
         (["train", "--recipe", "default", "--no_such_key", "1"], "unknown override '--no_such_key'"),
         (["train", "--recipe", str(tmp_path / "r.toml")], str(tmp_path / "r.toml")),
+        (["train", "--recipe", "default", "--data", str(good), "--model", str(minilm_path), "--freeze_layers", "6"],
+         "freeze_layers = 6 freezes all 6 layers and the head: nothing to train"),   # MiniLM-L6 has 6 layers
     ]
     (tmp_path / "r.toml").write_text('model = "x"\nbogus = 1\n')
     for argv, want in cases:

@@ -315,3 +315,28 @@ def test_drop_overlap():
     pairs = _pairs(["What is 2+2?", " What is 2+2?\n", "what is 2+2?", "Other"])
     kept, n = drop_overlap(pairs, {"What is 2+2?"})
     assert n == 2 and [p.prompt for p in kept] == ["what is 2+2?", "Other"]
+
+
+def test_train_pairs_is_a_seeded_prefix_of_the_mix_with_validation_unchanged(tmp_path):
+    """train_pairs keeps the first n of the seeded, shuffled mix: a subset in the mix's proportions (both
+    files present), the same pairs for the same seed, and the same validation pairs as the full mix."""
+    from tinyrm.mix import load_data
+    from tinyrm.recipe import TrainConfig
+
+    a = write(tmp_path / "a.jsonl", _rows(300, "a"))
+    b = write(tmp_path / "b.jsonl", [dict(r, domain="safety") for r in _rows(100, "b")])
+    cfg = TrainConfig(data=[MixEntry(str(a)), MixEntry(str(b))], val_frac=0.1, drop_rewardbench_overlap=False,
+                      seed=5)
+    full, val_full, _ = load_data(cfg)
+    cfg.train_pairs = 80
+    sub, val, notes = load_data(cfg)
+    assert [p.prompt for p in sub] == [p.prompt for p in full[:80]]
+    assert [p.prompt for p in val] == [p.prompt for p in val_full]
+    assert any("80 of the mix's" in n for n in notes)
+    n_b = sum(p.prompt.startswith("b") for p in sub)
+    assert 5 <= n_b <= 35                                        # about a quarter, as in the mix (20 expected)
+    cfg.seed = 6
+    other, _, _ = load_data(cfg)
+    assert {p.prompt for p in other} != {p.prompt for p in sub}
+    cfg.seed, cfg.train_pairs = 5, 10_000                        # more than the mix has: all of it
+    assert [p.prompt for p in load_data(cfg)[0]] == [p.prompt for p in full]

@@ -153,6 +153,10 @@ def load_data(cfg) -> tuple[list[PreferencePair], list[PreferencePair], list[str
         notes.append(f"dropped {n + m} pairs whose prompt is a RewardBench prompt")
     elif cfg.drop_rewardbench_overlap:
         notes.append(f"{rb} not found: no RewardBench prompts to drop (`tinyrm data --only rewardbench` fetches it)")
+    if cfg.train_pairs and cfg.train_pairs < len(train):
+        # the mix is already shuffled by seed: its first n pairs are a seeded sample in the mix's proportions
+        notes.append(f"train_pairs: {cfg.train_pairs} of the mix's {len(train)} training pairs")
+        train = train[:cfg.train_pairs]
     if cfg.length_balance:
         train, n = length_balanced(train, cfg.seed)
         notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "

@@ -65,6 +65,8 @@ class TrainConfig:
                                         # accuracies, as RewardBench averages its sections) or pooled "acc"
     drop_rewardbench_overlap: bool = True
     skip_bad: bool = False
+    train_pairs: int = 0                # >0: train on a seeded subset of this many of the mix's pairs (the
+                                        # data-scaling curve: fewer unique pairs, more epochs, same steps)
     length_balance: bool = False        # per domain, keep as many training pairs whose chosen response is the
                                         # longer as pairs where it is the shorter (length is then no shortcut)
     length_correct: bool = False        # pointwise: at each validation, fit the reward's slope on log length
@@ -128,7 +130,7 @@ def _entry_types(r: dict, where: str) -> None:
 _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "save_every", "val_max_pairs",
              "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip"}
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
-                 "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight"}
+                 "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight", "train_pairs"}
 _FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac"}           # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc")}
 

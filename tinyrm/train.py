@@ -49,12 +49,15 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
     enc = load_encoder(cfg.model, device=device)
     if cfg.adapters:
         add_dora(enc, cfg.rank, cfg.alpha, cfg.targets, use_dora=cfg.use_dora, dropout=cfg.dropout)
-    freeze_layers(enc, min(cfg.freeze_layers, enc.config.num_layers))
-    if enc.built_head and cfg.freeze_layers < enc.config.num_layers:
+    n = enc.config.num_layers
+    freeze_layers(enc, min(cfg.freeze_layers, n))
+    if enc.built_head and cfg.freeze_layers < n:
         # a head we built ourselves has never been trained: train its transform and the decoder bias
         # (the decoder weight stays tied to the frozen word embeddings)
         for p in [*enc.head_modules()[0].parameters(), enc.decoder_module().bias]:
             p.requires_grad_(True)
+    if not any(p.requires_grad for p in enc.parameters()):      # else the first backward fails, unexplained
+        raise RecipeError(f"freeze_layers = {cfg.freeze_layers} freezes all {n} layers and the head: nothing to train")
     return enc
 
 
@@ -72,8 +75,7 @@ def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
     while len(steps) < n_total:
         steps += length_grouped_batches(lengths, batch_size=cfg.batch_pairs, seed=cfg.seed + epoch)
         epoch += 1
-    steps = steps[:n_total]
-    return steps[:cfg.max_steps] if cfg.max_steps > 0 else steps
+    return steps[:min(n_total, cfg.max_steps) if cfg.max_steps > 0 else n_total]
 
 
 def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, expert=None, mlm=None):
@@ -197,8 +199,7 @@ def resume(run: Run) -> None:
 
 
 def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
-    """Validate on merged adapters at the step's precision (the weight average in place when there is
-    one); keep `best/` when the score improves."""
+    """Validate merged adapters at the step's precision (with any weight average); keep `best/` if better."""
     fit = run.fit if step > 0 else None
     live = {}
     if run.ema is not None and run.cfg.ema_compare:    # the live weights too, for the record
