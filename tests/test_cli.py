@@ -138,3 +138,17 @@ def test_a_run_killed_mid_swap_of_best_is_loaded_from_best_old(tmp_path, monkeyp
     monkeypatch.setattr(RewardModel, "_load_checkpoint", classmethod(lambda cls, ckpt, *a, **k: seen.append(ckpt)))
     RewardModel.load(tmp_path)
     assert seen == [tmp_path / "best.old"]
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["serve", "--port", "99999"], "argument --port: '99999' is not a port number (0-65535)"),
+    (["serve", "--port", "-1"], "argument --port: '-1' is not a port number"),
+    (["score", "--model", "x"], "the following arguments are required: --in, --out"),
+    (["bogus"], "invalid choice: 'bogus'"),
+])
+def test_argument_errors_are_one_line_too(argv, want, capsys):
+    """argparse's own errors (a bad --port is caught here, before a model loads) keep the one-line form."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert want in _one_error_line(capsys.readouterr().err)

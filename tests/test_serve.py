@@ -199,3 +199,14 @@ def test_pairwise_model_compares_and_ranks_but_gives_no_rewards(enc):
         assert status == 400 and "at most 64" in out["error"]
     finally:
         stop(server)
+
+
+def test_cli_serve_on_a_taken_port_is_one_error_line(pointwise, tmp_path, minilm_path, capsys):
+    """`tinyrm serve --port P` while P is taken: exit status 2 and one line naming host and port."""
+    from tinyrm.cli import main
+    port = pointwise[1]
+    model = write_tiny_bert(tmp_path / "m", minilm_path, seed=5, layers=2)
+    assert main(["serve", "--model", str(model), "--port", str(port)]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert len(err) == 1 and err[0].startswith(f"error: cannot listen on 127.0.0.1:{port}: "), err
+    assert request(port, "GET", "/health")[0] == 200           # the server holding the port is untouched

@@ -85,9 +85,20 @@ def _rerank(args) -> int:
 
 def _serve(args) -> int:
     from .serve import serve
-    serve(_load_scoring_model(args), args.host, args.port, window_s=args.batch_window_ms / 1000,
-          max_body_bytes=args.max_body_bytes, timeout_s=args.read_timeout)
+    rm = _load_scoring_model(args)
+    try:
+        serve(rm, args.host, args.port, window_s=args.batch_window_ms / 1000, max_body_bytes=args.max_body_bytes,
+              timeout_s=args.read_timeout)
+    except OSError as e:         # the bind: a port in use or an unknown host (the OSError names neither)
+        raise TinyrmError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     return 0
+
+
+def _port(text: str) -> int:
+    """--port: a TCP port, checked before the model loads (the socket would raise OverflowError)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
 
 
 def _export(args) -> int:
@@ -158,7 +169,7 @@ def _add_model_commands(sub) -> None:
     s = sub.add_parser("serve", help="serve a model as JSON over HTTP (/score /compare /rank /get_reward /health)")
     s.add_argument("--model", default="latest", help="run folder, model folder, or 'latest'")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_port, default=8000, help="0: any free port (printed when serving starts)")
     s.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger request bodies get 413")
     s.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long the model worker gathers requests before one batched call")
@@ -179,8 +190,15 @@ def _add_model_commands(sub) -> None:
     pl.set_defaults(fn=_plot)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error here (argparse prints the usage too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tinyrm", description="Tiny reward models: train, evaluate, score.")
+    ap = _Parser(prog="tinyrm", description="Tiny reward models: train, evaluate, score.")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_training_commands(sub)
