@@ -145,6 +145,10 @@ def test_a_run_killed_mid_swap_of_best_is_loaded_from_best_old(tmp_path, monkeyp
     (["serve", "--port", "-1"], "argument --port: '-1' is not a port number"),
     (["score", "--model", "x"], "the following arguments are required: --in, --out"),
     (["bogus"], "invalid choice: 'bogus'"),
+    (["score", "--in", "a", "--out", "b", "--chunk-rows", "0"], "argument --chunk-rows: '0' is not an integer > 0"),
+    (["eval", "--batch-tokens", "many"], "argument --batch-tokens: 'many' is not an integer > 0"),
+    (["serve", "--read-timeout", "0"], "argument --read-timeout: '0' is not a number > 0"),
+    (["serve", "--batch-window-ms", "nan"], "argument --batch-window-ms: 'nan' is not a number >= 0"),
 ])
 def test_argument_errors_are_one_line_too(argv, want, capsys):
     """argparse's own errors (a bad --port is caught here, before a model loads) keep the one-line form."""

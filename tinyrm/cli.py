@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from .errors import TinyrmError
@@ -94,6 +95,20 @@ def _serve(args) -> int:
     return 0
 
 
+def _number(cast, low: float, inclusive: bool = False):
+    """An argparse type: a finite `cast` number above `low` (or equal, when inclusive)."""
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v) or v < low or (v == low and not inclusive):
+            what = "an integer" if cast is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} {'>=' if inclusive else '>'} {low:g}")
+        return v
+    return parse
+
+
 def _port(text: str) -> int:
     """--port: a TCP port, checked before the model loads (the socket would raise OverflowError)."""
     if not text.isdigit() or int(text) > 65535:
@@ -147,7 +162,7 @@ def _add_training_commands(sub) -> None:
                                                 "or any preference file")
     e.add_argument("--out", default=None, help="where to write the JSON result (default: the run folder)")
     e.add_argument("--rows", default=None, metavar="FILE", help="also write per-pair scores (JSONL) to FILE")
-    e.add_argument("--batch-tokens", type=int, default=None,
+    e.add_argument("--batch-tokens", type=_number(int, 0), default=None,
                    help="tokens per scoring batch (default: 16384 on GPU; on CPU sized to the model, see scorer.py)")
     add_device_args(e)
     e.set_defaults(fn=_eval)
@@ -161,8 +176,9 @@ def _add_model_commands(sub) -> None:
         c.add_argument("--model", default="latest", help="run folder, model folder, or 'latest'")
         c.add_argument("--in", dest="input", required=True, help="input .jsonl or .jsonl.gz")
         c.add_argument("--out", required=True, help="output .jsonl or .jsonl.gz (gzip by suffix)")
-        c.add_argument("--chunk-rows", type=int, default=2048, help="rows read, scored and written at a time")
-        c.add_argument("--batch-tokens", type=int, default=None, help="tokens per scoring batch (see eval)")
+        c.add_argument("--chunk-rows", type=_number(int, 0), default=2048,
+                       help="rows read, scored and written at a time")
+        c.add_argument("--batch-tokens", type=_number(int, 0), default=None, help="tokens per scoring batch (see eval)")
         add_device_args(c)
         c.set_defaults(fn=fn)
 
@@ -170,11 +186,11 @@ def _add_model_commands(sub) -> None:
     s.add_argument("--model", default="latest", help="run folder, model folder, or 'latest'")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_port, default=8000, help="0: any free port (printed when serving starts)")
-    s.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger request bodies get 413")
-    s.add_argument("--batch-window-ms", type=float, default=5.0,
+    s.add_argument("--max-body-bytes", type=_number(int, 0), default=8 << 20, help="larger request bodies get 413")
+    s.add_argument("--batch-window-ms", type=_number(float, 0, inclusive=True), default=5.0,
                    help="how long the model worker gathers requests before one batched call")
-    s.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client may stall or idle")
-    s.add_argument("--batch-tokens", type=int, default=None, help="tokens per scoring batch (see eval)")
+    s.add_argument("--read-timeout", type=_number(float, 0), default=30.0, help="seconds a client may stall or idle")
+    s.add_argument("--batch-tokens", type=_number(int, 0), default=None, help="tokens per scoring batch (see eval)")
     add_device_args(s)
     s.set_defaults(fn=_serve)
 
