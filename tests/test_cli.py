@@ -61,7 +61,7 @@ def test_missing_data_stops_train_and_eval_with_one_line_and_no_run_folder(tmp_p
 
 
 def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, minilm_path):
-    bad, good = tmp_path / "bad.jsonl", tmp_path / "good.jsonl"
+    bad, good, no_pairs = tmp_path / "bad.jsonl", tmp_path / "good.jsonl", tmp_path / "no-pairs.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in _rows(20, 1)))
     bad.write_text(json.dumps(_rows(1)[0]) + "\n" + json.dumps(_rows(2)[1]) + "\n{oops\n")
     cases = [
@@ -72,7 +72,10 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, minilm_pa
         (["train", "--recipe", str(tmp_path / "r.toml")], str(tmp_path / "r.toml")),
         (["train", "--recipe", "default", "--data", str(good), "--model", str(minilm_path), "--freeze_layers", "6"],
          "freeze_layers = 6 freezes all 6 layers and the head: nothing to train"),   # MiniLM-L6 has 6 layers
+        (["train", "--recipe", "default", "--data", str(no_pairs), "--model", str(minilm_path)],
+         f"no training pairs left: skipped 2 of 2 rows in {no_pairs.name}: 2 missing field"),   # skip_bad = true
     ]
+    no_pairs.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n')
     (tmp_path / "r.toml").write_text('model = "x"\nbogus = 1\n')
     for argv, want in cases:
         assert main(argv) == 2, argv
@@ -108,6 +111,26 @@ def test_own_data_trains_and_gz_reads_like_jsonl(tmp_path, minilm_path):
     config = json.loads((run / "config.json").read_text())
     assert [e["path"] for e in config["data"]] == [str(plain), str(packed)]
     assert (run / "best" / "adapter.safetensors").is_file()
+
+
+def test_a_run_without_validation_says_so_and_scores_with_its_last_step(tmp_path, minilm_path):
+    """val_frac = 0: nothing is selected; the CLI says the model is the last step's (not a best score of
+    -1), and scoring the run folder gives the scores of its last/ checkpoint."""
+    from tinyrm.scorer import RewardModel
+
+    model = write_tiny_bert(tmp_path / "tiny", minilm_path)
+    data = tmp_path / "a.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(40, 1)))
+    args = ["train", "--recipe", "default", "--data", str(data), "--model", str(model), "--val_frac", "0",
+            "--max_steps", "2", "--length_expert", "false", "--length_correct", "false", "--max_len", "64",
+            "--runs_dir", str(tmp_path / "runs")]
+    code, out, err, _ = _cli(args, tmp_path)
+    assert code == 0, err
+    assert "no validation pairs, so nothing was selected: the model is the last step's (step 2)" in out
+    run = Path(out.split("run folder: ")[1].split()[0])
+    assert not (run / "best").exists()
+    prompts, responses = ["Say hi.", "Name a fruit."], ["hi", "A pear."]
+    assert RewardModel.load(run).score(prompts, responses) == RewardModel.load(run / "last").score(prompts, responses)
 
 
 def test_weights_names_the_missing_offline_package(tmp_path, monkeypatch, capsys):

@@ -39,9 +39,12 @@ def _train(args) -> int:
     s = train(cfg, run_dir=args.resume)
     if not is_main_process():              # under torchrun, rank 0 reports and draws
         return 0
-    print(f"\nrun folder: {s['run_dir']}\nbest validation score ({s['select']}): {s['best_val_score']:.4f}, "
-          f"pooled accuracy {s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']}); "
-          f"{s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
+    if s["best_step"] < 0:                 # val_frac = 0 or a single prompt: nothing to select on
+        kept = f"no validation pairs, so nothing was selected: the model is the last step's (step {s['steps']})"
+    else:
+        kept = (f"best validation score ({s['select']}): {s['best_val_score']:.4f}, pooled accuracy "
+                f"{s['best_val_acc']:.4f} (step {s['best_step']} of {s['steps']})")
+    print(f"\nrun folder: {s['run_dir']}\n{kept}; {s['seconds']:.0f} s; peak RSS {s['peak_rss_mb']:.0f} MB")
     if s.get("corrected_val_score") is not None:
         what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
         print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .augment import augment
 from .data import PreferencePair, SkipReport, prompt_hash, read_pairs
+from .errors import TinyrmError
 from .paths import REWARDBENCH, data_root
 from .rewardbench import load_rewardbench
 from .synth import generate
@@ -169,4 +170,6 @@ def load_data(cfg) -> tuple[list[PreferencePair], list[PreferencePair], list[str
         extra, _, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad, part="val")
         seen = {p.prompt.strip() for p in train}
         val += [p for p in extra if p.prompt.strip() not in seen]
+    if not train:           # else the run would end at once, with nothing trained and nothing said
+        raise TinyrmError("no training pairs left" + (": " + "; ".join(notes) if notes else " in the mix"))
     return train, sample_validation(val, cfg.val_max_pairs, cfg.seed), notes
