@@ -97,12 +97,16 @@ def summarise(samples: list[dict], n_rows: int) -> dict:
             "growth_after_first_tenth_mb": None if first is None else round(samples[-1]["rss_mb"] - first["rss_mb"], 1)}
 
 
-def plot(samples: list[dict], path: Path, title: str) -> None:
+def plot(curves: list[tuple[str, list[dict]]], path: Path, title: str):
+    """RSS against rows, one line per (label, samples); returns the matplotlib Figure."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.5))
     ax = fig.add_subplot()
-    ax.plot([s["rows"] / 1e3 for s in samples], [s["rss_mb"] for s in samples], lw=1)
+    for label, samples in curves:
+        ax.plot([s["rows"] / 1e3 for s in samples], [s["rss_mb"] for s in samples], lw=1, label=label)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
     ax.set_xlabel("rows scored (thousands)")
     ax.set_ylabel("resident memory (MB)")
     ax.set_ylim(bottom=0)
@@ -110,6 +114,11 @@ def plot(samples: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig
+
+
+def read_samples(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def report(summary: dict, wall: float, model: str, threads: int) -> str:
@@ -133,7 +142,18 @@ def main(argv=None) -> None:
     ap.add_argument("--every", type=float, default=15.0, help="seconds between samples")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT, help="results prefix: writes .md, .png and .jsonl")
+    ap.add_argument("--label", default="this run", help="its line's label when --compare draws others")
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=JSONL",
+                    help="also draw an earlier run's samples (its .jsonl) in the PNG; repeatable")
+    ap.add_argument("--plot-only", type=Path, metavar="JSONL",
+                    help="draw these samples (and --compare's) into --out's .png instead of measuring")
     args = ap.parse_args(argv)
+    others = [(c.split("=", 1)[0], read_samples(Path(c.split("=", 1)[1]))) for c in args.compare]
+    title = f"tinyrm score, {args.rows:,} rows: RSS against rows"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        plot([(args.label, read_samples(args.plot_only)), *others], args.out.with_suffix(".png"), title)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         src = write_rows(Path(tmp) / "rows.jsonl.gz", args.rows, args.kind)
         samples, wall = measure(args.model, src, Path(tmp) / "scored.jsonl.gz", args.every, args.threads)
@@ -144,9 +164,8 @@ def main(argv=None) -> None:
     if not samples:
         sys.exit("no memory sample was taken: lower --every")
     s = summarise(samples, args.rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
-    plot(samples, args.out.with_suffix(".png"), f"tinyrm score, {args.rows:,} rows: RSS against rows")
+    plot([(args.label, samples), *others], args.out.with_suffix(".png"), title)
     text = report(s, wall, args.model, args.threads)
     args.out.with_suffix(".md").write_text(text)
     print(text)

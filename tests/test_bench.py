@@ -359,6 +359,14 @@ def test_score_memory_summary_by_hand_and_a_short_real_run(tmp_path, minilm_path
     md = out.with_suffix(".md").read_text()
     assert "3,000 rows" in md and f"{max(g['rss_mb'] for g in got):,.0f} MB" in md and str(tmp_path) not in md
     assert out.with_suffix(".png").stat().st_size > 1000
+    # --plot-only with --compare: both runs' samples, each its own labelled line, nothing measured
+    fig = SM.plot([("after", got), ("before", samples)], tmp_path / "two.png", "t")
+    lines = fig.axes[0].lines
+    assert [ln.get_label() for ln in lines] == ["after", "before"]
+    assert list(lines[1].get_ydata()) == [s["rss_mb"] for s in samples]
+    SM.main(["--model", "unused", "--plot-only", str(out.with_suffix(".jsonl")), "--label", "after",
+             "--compare", f"before={out.with_suffix('.jsonl')}", "--out", str(tmp_path / "cmp" / "m")])
+    assert (tmp_path / "cmp" / "m.png").stat().st_size > 1000 and not (tmp_path / "cmp" / "m.md").exists()
 
 
 def test_scaling_epochs_give_matched_steps_and_pair_views():
