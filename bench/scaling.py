@@ -63,7 +63,11 @@ def point(run: Path) -> dict:
     """One finished run's figures: unique pairs, epochs, steps, its kept validation, tokens/s, wall."""
     summary = json.loads((run / "summary.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
-    k = kept(validations(run), "")
+    # The validation after the last step, even where a run validated earlier too (the curve compares
+    # the same point of every schedule); its reward form is the one that validated better there.
+    k = kept([v for v in validations(run) if v["step"] == summary["steps"]], "")
+    if k is None:
+        raise SystemExit(f"error: {run / 'metrics.jsonl'}: no validation at the last step ({summary['steps']})")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     tok = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     views = summary["steps"] * cfg["batch_pairs"]

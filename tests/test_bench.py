@@ -387,6 +387,28 @@ def test_scaling_epochs_give_matched_steps_and_pair_views():
             assert set(seen.values()) == {steps * batch // n} and len(seen) == n
 
 
+def test_scaling_point_reads_the_last_steps_validation(tmp_path):
+    """A run that also validated earlier (the default's own run used as a point) gives the curve its
+    validation after the last step, in the form that validated better there, even when an earlier one
+    scored higher; a run without that validation is a one-line error naming its metrics file."""
+    import json as _json
+    import scaling as SC
+    run = tmp_path / "scale-8-x"
+    run.mkdir()
+    (run / "summary.json").write_text(_json.dumps({"steps": 4, "train_pairs": 8, "seconds": 60.0}))
+    (run / "config.json").write_text(_json.dumps({"batch_pairs": 4}))
+    rows = [{"step": 1, "loss": 0.7, "tokens_per_s": 100.0}, {"step": 2, "val_score": 0.70, "val_acc_chat": 0.7},
+            {"step": 4, "val_score": 0.60, "corrected_val_score": 0.65, "corrected_val_acc_chat": 0.66,
+             "val_acc_chat": 0.61}, {"step": 4, "tokens_per_s": 300.0}]
+    (run / "metrics.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    p = SC.point(run)
+    assert (p["domain_mean"], p["form"], p["chat"]) == (0.65, "corrected", 0.66)
+    assert (p["epochs"], p["tokens_per_s"], p["seconds"]) == (2.0, 200.0, 60.0)
+    (run / "metrics.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows[:2]))
+    with pytest.raises(SystemExit, match="metrics.jsonl: no validation at the last step"):
+        SC.point(run)
+
+
 def test_scaling_runs_each_point_once_and_tabulates_its_validation(tmp_path, minilm_path):
     """A real two-point curve on a tiny BERT: each point trains S steps on its N unique pairs (the run's
     own summary and log say so), the table and JSONL carry the run's last validation, and a second call
