@@ -104,7 +104,7 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     pts = sorted(points, key=lambda p: p["unique_pairs"])
     x = [p["unique_pairs"] for p in pts]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=100)
     ax.errorbar(x, [p["domain_mean"] for p in pts], yerr=[p["domain_mean_se"] or 0 for p in pts], marker="o",
                 capsize=3, label="domain mean ± se")
     ax.plot(x, [p["len_balanced"] for p in pts], marker="s", label="length-balanced")
@@ -116,7 +116,7 @@ def plot(points: list[dict], path: Path) -> None:
     views = {p["pair_views"] for p in pts}
     ax.set_xlabel(f"unique training pairs (every point: {', '.join(f'{v:,}' for v in sorted(views))} pair-views)")
     ax.set_ylabel("validation accuracy")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))   # outside: the lines reach every corner
     fig.tight_layout()
     fig.savefig(path)
 
