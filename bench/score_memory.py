@@ -121,6 +121,14 @@ def read_samples(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def compare_arg(text: str) -> tuple[str, list[dict]]:
+    """--compare LABEL=JSONL -> (label, its samples); a malformed value is argparse's one-line error."""
+    label, sep, path = text.partition("=")
+    if not sep or not label or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: want LABEL=JSONL with an existing samples file")
+    return label, read_samples(Path(path))
+
+
 def report(summary: dict, wall: float, model: str, threads: int) -> str:
     rows = [[f"{k * 10} %", "-", "-"] if t is None else [f"{k * 10} %", f"{t['rows']:,}", f"{t['rss_mb']:,.0f}"]
             for k, t in enumerate(summary["tenths"], 1)]
@@ -143,12 +151,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT, help="results prefix: writes .md, .png and .jsonl")
     ap.add_argument("--label", default="this run", help="its line's label when --compare draws others")
-    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=JSONL",
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=JSONL", type=compare_arg,
                     help="also draw an earlier run's samples (its .jsonl) in the PNG; repeatable")
     ap.add_argument("--plot-only", type=Path, metavar="JSONL",
                     help="draw these samples (and --compare's) into --out's .png instead of measuring")
     args = ap.parse_args(argv)
-    others = [(c.split("=", 1)[0], read_samples(Path(c.split("=", 1)[1]))) for c in args.compare]
+    others = args.compare
     title = f"tinyrm score, {args.rows:,} rows: RSS against rows"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
