@@ -1,4 +1,5 @@
-"""An exponential moving average of the trained weights (Polyak averaging), validated and kept in their place.
+"""A running average of the trained weights, validated and kept in their place: exponential (Polyak) or a
+uniform average of the schedule's tail (stochastic weight averaging).
 
 A small model trained for a few hundred steps at a high learning rate ends wherever its last batches
 pushed it: two seeds, or two CPUs whose bf16 rounding differs, part ways, and the checkpoint chosen on
@@ -7,8 +8,14 @@ forward pass; free at inference once merged): every step
 
     avg <- d · avg + (1 − d) · w,        d = min(decay, (1 + t) / (10 + t))
 
-where the warm-up of d keeps the first steps from being pinned to the untrained start. The average is
-kept in float32 for every trainable tensor (DoRA's A, B and magnitude, unfrozen head weights); `swapped`
+where the warm-up of d keeps the first steps from being pinned to the untrained start. An exponential
+average lags about 1/(1 − d) steps behind weights that are still improving; the tail average does not
+weigh the past less, so it starts late instead: up to step `start` it is the live weights, after it
+
+    avg <- avg + (w − avg) / n,        n = the number of steps averaged, from `start` on
+
+the plain mean of the weights along the last part of the schedule, where the learning rate has decayed
+and the steps circle one basin (Izmailov et al., 2018). The average is kept in float32 for every trainable tensor (DoRA's A, B and magnitude, unfrozen head weights); `swapped`
 puts it into the model for validation and for writing `best/`, then puts the live weights back.
 """
 from __future__ import annotations
@@ -19,21 +26,43 @@ import torch
 
 
 class Ema:
-    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
-        if not 0 < decay < 1:
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float | None, start: int = 0):
+        """decay in (0, 1): exponential; None: the uniform average of the steps from `start` on."""
+        if decay is not None and not 0 < decay < 1:
             raise ValueError(f"ema decay must be in (0, 1), got {decay}")
-        self.params, self.decay, self.steps = params, decay, 0
+        if start < 0:
+            raise ValueError(f"the tail average's start must be >= 0, got {start}")
+        self.params, self.decay, self.start, self.steps = params, decay, start, 0
         self.avg = {n: p.detach().clone().float() for n, p in params.items()}
 
     @classmethod
     def of(cls, module: torch.nn.Module, decay: float) -> "Ema":
-        return cls({n: p for n, p in module.named_parameters() if p.requires_grad}, decay)
+        return cls(cls.trainable(module), decay)
+
+    @classmethod
+    def tail(cls, module: torch.nn.Module, start: int) -> "Ema":
+        return cls(cls.trainable(module), None, start)
+
+    @staticmethod
+    def trainable(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+    @property
+    def is_live(self) -> bool:
+        """True while the tail average holds exactly the live weights (at most one step averaged)."""
+        return self.decay is None and self.steps - self.start <= 1
 
     @torch.no_grad()
     def update(self) -> None:
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
         for n, p in self.params.items():
-            self.avg[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+            w = p.detach().float()
+            if self.decay is not None:
+                d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+                self.avg[n].mul_(d).add_(w, alpha=1 - d)
+            elif self.steps <= self.start:                 # not started, or its first step: the weights
+                self.avg[n].copy_(w)
+            else:
+                self.avg[n].add_(w - self.avg[n], alpha=1 / (self.steps - self.start + 1))
         self.steps += 1
 
     @contextlib.contextmanager

@@ -81,6 +81,8 @@ class TrainConfig:
     mlm_frac: float = 0.15              # (mlm.py): the fraction of text tokens hidden in each training sequence
     probes: int = 0                     # held-out probes of each augment kind, made from validation pairs
     ema: float = 0.0                    # >0: validate and keep a moving average of the weights (ema.py), decay
+    swa_from: float = 0.0               # >0: from this fraction of the steps on, validate and keep the plain
+                                        # mean of the weights instead (ema.py, the tail average); not with ema
     ema_compare: bool = False           # also validate the live weights at every validation (a record only)
     # bookkeeping
     eval_every: int = 50
@@ -131,7 +133,7 @@ _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "sa
              "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip"}
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
                  "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight", "train_pairs"}
-_FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac"}           # in [0, 1)
+_FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from"}           # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc")}
 
 

@@ -140,6 +140,8 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     once all of that worked, so a bad input leaves nothing behind."""
     if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct):
         raise RecipeError("length_expert and length_correct are for pointwise models; this recipe is pairwise")
+    if cfg.ema > 0 and cfg.swa_from > 0:
+        raise RecipeError("ema and swa_from are two weight averages; set one of them")
     check_files(needed_files(cfg))
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
@@ -156,7 +158,8 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     fit = fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed) if cfg.length_correct else None
     opt, sched = make_optimizer(enc, cfg, len(steps), expert)
     dp.start_together([p for g in opt.param_groups for p in g["params"]], cfg.seed, (len(train_pairs), len(val), steps))
-    ema = Ema.of(enc, cfg.ema) if cfg.ema > 0 else None          # after the ranks agree on the start
+    ema = Ema.of(enc, cfg.ema) if cfg.ema > 0 else \
+        Ema.tail(enc, int(cfg.swa_from * len(steps))) if cfg.swa_from > 0 else None   # after the ranks agree
     probes = make_probes(val, cfg.probes, cfg.seed) if cfg.probes else []
     cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
     meta = {"base": str(cfg.model), "base_path": str(Path(cfg.model).absolute()),
@@ -202,12 +205,15 @@ def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
     """Validate merged adapters at the step's precision (with any weight average); keep `best/` if better."""
     fit = run.fit if step > 0 else None
     live = {}
-    if run.ema is not None and run.cfg.ema_compare:    # the live weights too, for the record
+    compare = run.ema is not None and run.cfg.ema_compare           # the live weights too, for the record
+    if compare and not run.ema.is_live:
         with for_inference(run.enc, run.autocast):
             live = {f"live_{k}": x for k, x in validate_run(run.enc, run.cfg, run.val, fit, run.probes)[0].items()}
     with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
         with for_inference(run.enc, run.autocast):
             v, score, slopes = validate_run(run.enc, run.cfg, run.val, fit, run.probes)
+        if compare and run.ema.is_live:        # the tail average has not started: it is the live weights
+            live = {f"live_{k}": x for k, x in v.items()}
         run.record({"step": step, **v, **live})
         if score > run.best["val_score"]:
             c = "corrected_" if slopes else ""
