@@ -24,6 +24,18 @@ import contextlib
 
 import torch
 
+from .errors import RecipeError
+
+
+def weight_average(module: torch.nn.Module, ema: float, swa_from: float, total_steps: int) -> "Ema | None":
+    """The recipe's weight average: exponential (`ema` = decay), the tail's mean (`swa_from` = the fraction
+    of the steps before it starts), or none."""
+    if ema > 0 and swa_from > 0:
+        raise RecipeError("ema and swa_from are two weight averages; set one of them")
+    if ema > 0:
+        return Ema.of(module, ema)
+    return Ema.tail(module, int(swa_from * total_steps)) if swa_from > 0 else None
+
 
 class Ema:
     def __init__(self, params: dict[str, torch.nn.Parameter], decay: float | None, start: int = 0):

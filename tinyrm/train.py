@@ -30,7 +30,7 @@ from .batching import length_grouped_batches, micro_batches
 from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, slopes_text
 from .checkpoint import find_resumable, load_trainer_state, save_checkpoint, trim_metrics
 from .dora import add_dora, freeze_layers, param_summary
-from .ema import Ema
+from .ema import weight_average
 from .errors import RecipeError
 from .guard import note_step
 from .mix import load_data
@@ -140,8 +140,6 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     once all of that worked, so a bad input leaves nothing behind."""
     if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct):
         raise RecipeError("length_expert and length_correct are for pointwise models; this recipe is pairwise")
-    if cfg.ema > 0 and cfg.swa_from > 0:
-        raise RecipeError("ema and swa_from are two weight averages; set one of them")
     check_files(needed_files(cfg))
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
@@ -158,8 +156,7 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     fit = fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed) if cfg.length_correct else None
     opt, sched = make_optimizer(enc, cfg, len(steps), expert)
     dp.start_together([p for g in opt.param_groups for p in g["params"]], cfg.seed, (len(train_pairs), len(val), steps))
-    ema = Ema.of(enc, cfg.ema) if cfg.ema > 0 else \
-        Ema.tail(enc, int(cfg.swa_from * len(steps))) if cfg.swa_from > 0 else None   # after the ranks agree
+    ema = weight_average(enc, cfg.ema, cfg.swa_from, len(steps))          # after the ranks agree on the start
     probes = make_probes(val, cfg.probes, cfg.seed) if cfg.probes else []
     cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
     meta = {"base": str(cfg.model), "base_path": str(Path(cfg.model).absolute()),
@@ -203,18 +200,15 @@ def resume(run: Run) -> None:
 
 def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
     """Validate merged adapters at the step's precision (with any weight average); keep `best/` if better."""
-    fit = run.fit if step > 0 else None
-    live = {}
+    fit, live = (run.fit if step > 0 else None), {}
     compare = run.ema is not None and run.cfg.ema_compare           # the live weights too, for the record
-    if compare and not run.ema.is_live:
+    if compare and not run.ema.is_live:        # (an unstarted tail average is the live weights: no rerun)
         with for_inference(run.enc, run.autocast):
-            live = {f"live_{k}": x for k, x in validate_run(run.enc, run.cfg, run.val, fit, run.probes)[0].items()}
+            live = validate_run(run.enc, run.cfg, run.val, fit, run.probes)[0]
     with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
         with for_inference(run.enc, run.autocast):
             v, score, slopes = validate_run(run.enc, run.cfg, run.val, fit, run.probes)
-        if compare and run.ema.is_live:        # the tail average has not started: it is the live weights
-            live = {f"live_{k}": x for k, x in v.items()}
-        run.record({"step": step, **v, **live})
+        run.record({"step": step, **v, **{f"live_{k}": x for k, x in (live or v if compare else {}).items()}})
         if score > run.best["val_score"]:
             c = "corrected_" if slopes else ""
             run.best.update(val_score=score, val_acc=v[c + "val_acc"], step=step, raw_val_score=v["val_score"],
