@@ -340,3 +340,33 @@ def test_train_pairs_is_a_seeded_prefix_of_the_mix_with_validation_unchanged(tmp
     assert {p.prompt for p in other} != {p.prompt for p in sub}
     cfg.seed, cfg.train_pairs = 5, 10_000                        # more than the mix has: all of it
     assert [p.prompt for p in load_data(cfg)[0]] == [p.prompt for p in full]
+
+
+def test_val_seed_holds_out_the_same_pairs_whatever_the_run_seed(tmp_path):
+    """With val_seed set, runs of other seeds validate on the same pairs (sample and probes included) and
+    none of them trains on one; their training order still follows their own seed. Without it (-1), the
+    split follows the run's seed, so another seed trains on most of this one's held-out prompts."""
+    from tinyrm.augment import probes
+    from tinyrm.mix import load_data
+    from tinyrm.recipe import TrainConfig
+
+    a = write(tmp_path / "a.jsonl", _rows(300, "a"))
+    b = write(tmp_path / "b.jsonl", [dict(r, domain="safety") for r in _rows(100, "b")])
+
+    def run(seed, val_seed):
+        cfg = TrainConfig(data=[MixEntry(str(a)), MixEntry(str(b))], val_frac=0.1, val_max_pairs=20,
+                          drop_rewardbench_overlap=False, seed=seed, val_seed=val_seed)
+        train, val, _ = load_data(cfg)
+        return train, val, probes(val, 6, cfg.split_seed)
+
+    t17, v17, p17 = run(17, 17)
+    t18, v18, p18 = run(18, 17)
+    assert len(v17) == 20 and [(p.prompt, p.chosen) for p in v17] == [(p.prompt, p.chosen) for p in v18]
+    assert [(p.prompt, p.chosen, p.rejected) for p in p17] == [(p.prompt, p.chosen, p.rejected) for p in p18]
+    held = {p.prompt for p in v17}
+    assert not held & {p.prompt for p in t18}
+    assert sorted(p.prompt for p in t17) == sorted(p.prompt for p in t18)           # the same pairs ...
+    assert [p.prompt for p in t17] != [p.prompt for p in t18]                       # ... in their own order
+    u18, w18, _ = run(18, -1)                                                       # the old behaviour
+    assert {p.prompt for p in w18} != held and held & {p.prompt for p in u18}
+    assert [p.prompt for p in run(17, -1)[1]] == [p.prompt for p in v17]            # -1 is the run's seed

@@ -50,10 +50,12 @@ def _read_entry(e: MixEntry, seed: int, skip_bad: bool, part: str = "train"):
     return read_pairs(e.path, skip_bad=skip_bad, domain=e.domain)
 
 
-def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False,
-             val_frac: float = 0.0, part: str = "train") -> tuple[list[PreferencePair], list[PreferencePair], list[SkipReport]]:
+def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False, val_frac: float = 0.0,
+             part: str = "train", split_seed: int | None = None
+             ) -> tuple[list[PreferencePair], list[PreferencePair], list[SkipReport]]:
     """(train, val, reports). Every file entry first gives up its validation slice: the prompts whose
-    hash (seed) is below `val_frac` (split_validation; at least one prompt per file when val_frac > 0).
+    hash (split_seed, else seed) is below `val_frac` (split_validation; at least one prompt per file when
+    val_frac > 0).
     Then the rest is subsampled to max_rows, repeated by weight and the whole mix shuffled by seed.
 
     Carving each FILE before weighting keeps validation fixed while the weights change, so two mixes
@@ -67,7 +69,8 @@ def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False,
         reports.append(rep)
         if val_frac > 0 and not e.synth and e.weight > 0:
             n_prompts = len({p.prompt.strip() for p in rows})
-            rows, held = split_validation(rows, val_frac, seed, min_rows=1 if n_prompts > 1 else 0)
+            rows, held = split_validation(rows, val_frac, seed if split_seed is None else split_seed,
+                                          min_rows=1 if n_prompts > 1 else 0)
             val += held
         rng = _rng(seed, i, str(e.path or e.synth))
         if e.max_rows is not None and len(rows) > e.max_rows:
@@ -144,7 +147,8 @@ def length_balanced(pairs: list[PreferencePair], seed: int) -> tuple[list[Prefer
 def load_data(cfg) -> tuple[list[PreferencePair], list[PreferencePair], list[str]]:
     """A recipe's (train pairs, validation pairs, report lines); `cfg` is a recipe.TrainConfig. Validation
     is carved from every mix file (plus the recipe's [[val]] files), then capped per domain."""
-    train, val, reports = load_mix(cfg.data, cfg.seed, skip_bad=cfg.skip_bad, val_frac=cfg.val_frac)
+    train, val, reports = load_mix(cfg.data, cfg.seed, skip_bad=cfg.skip_bad, val_frac=cfg.val_frac,
+                                   split_seed=cfg.split_seed)
     notes = [str(r) for r in reports if r.skipped]
     rb = data_root() / REWARDBENCH
     if cfg.drop_rewardbench_overlap and rb.is_file():
@@ -167,9 +171,9 @@ def load_data(cfg) -> tuple[list[PreferencePair], list[PreferencePair], list[str
         train, made = augment(train, fracs, cfg.seed)
         notes.append("augmented: " + ", ".join(f"{n} {k} pairs" for k, n in made.items() if n))
     if cfg.val:
-        extra, _, _ = load_mix(cfg.val, cfg.seed, skip_bad=cfg.skip_bad, part="val")
+        extra, _, _ = load_mix(cfg.val, cfg.split_seed, skip_bad=cfg.skip_bad, part="val")
         seen = {p.prompt.strip() for p in train}
         val += [p for p in extra if p.prompt.strip() not in seen]
     if not train:           # else the run would end at once, with nothing trained and nothing said
         raise TinyrmError("no training pairs left" + (": " + "; ".join(notes) if notes else " in the mix"))
-    return train, sample_validation(val, cfg.val_max_pairs, cfg.seed), notes
+    return train, sample_validation(val, cfg.val_max_pairs, cfg.split_seed), notes

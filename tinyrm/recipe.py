@@ -55,6 +55,9 @@ class TrainConfig:
     amp: str = "auto"                   # "bf16": autocast matmuls to bfloat16 (weights, grads, optimiser stay
                                         # float32); "off"; "auto" = bf16 on CUDA, off on CPU
     seed: int = 17
+    val_seed: int = -1                  # >=0: the held-out split, its sample and probes use this seed instead,
+                                        # so runs of other seeds validate on the same pairs (and never train on
+                                        # another run's validation pairs); -1: the run's own seed
     max_bad_steps: int = 3              # stop after this many optimiser steps in a row with a NaN/inf gradient
     # data
     data: list[MixEntry] = field(default_factory=list)
@@ -91,6 +94,11 @@ class TrainConfig:
     runs_dir: str = "runs"
     threads: int = 0                    # 0: leave torch's default
     device: str = "auto"
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the validation split, its per-domain sample and its generated probes."""
+        return self.val_seed if self.val_seed >= 0 else self.seed
 
     def to_dict(self) -> dict:
         return asdict(self)

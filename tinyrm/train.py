@@ -157,7 +157,7 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     opt, sched = make_optimizer(enc, cfg, len(steps), expert)
     dp.start_together([p for g in opt.param_groups for p in g["params"]], cfg.seed, (len(train_pairs), len(val), steps))
     ema = weight_average(enc, cfg.ema, cfg.swa_from, len(steps))          # after the ranks agree on the start
-    probes = make_probes(val, cfg.probes, cfg.seed) if cfg.probes else []
+    probes = make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else []
     cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
     meta = {"base": str(cfg.model), "base_path": str(Path(cfg.model).absolute()),
             "base_hash": checkpoint_hash(cfg.model), "train": cfg.to_dict(), "answer_words": list(cloze.words)}
