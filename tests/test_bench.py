@@ -20,6 +20,7 @@ import inputs as I  # noqa: E402
 import machine as M  # noqa: E402
 import tables as T  # noqa: E402
 from tolerance import U32, reward_bound  # noqa: E402  float32 bounds (tests/tolerance.py)
+from test_train import tiny_bert  # noqa: E402,F401  (the fixture)
 
 
 def test_attn_pairs_by_hand():
@@ -445,3 +446,36 @@ def test_scaling_runs_each_point_once_and_tabulates_its_validation(tmp_path, min
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("already trained") == 2
     assert sorted((tmp_path / "runs").glob("scale-*")) == runs
+
+
+def test_warm_soup_is_the_mean_of_the_merged_weights(tmp_path, tiny_bert):
+    """bench/warm.py: the soup's tensors are the float64 mean of the runs' merged (exported) weights; a soup
+    of one run with itself validates exactly as that run; tensors of another shape are named as an error."""
+    import warm as W
+    from safetensors.torch import load_file, save_file
+    from test_train import _cfg, _write, repeat_task
+    from tinyrm.mix import load_data
+    from tinyrm.train import train
+    from tinyrm.validation import validate
+    from tinyrm.weights import load_encoder
+
+    data = _write(tmp_path / "d.jsonl", repeat_task(40, 1))
+    runs = []
+    for seed in (1, 2):
+        train(_cfg(tmp_path, tiny_bert, data, max_steps=3, seed=seed, val_seed=1, lr=1e-2), run_dir=tmp_path / f"r{seed}")
+        runs.append(tmp_path / f"r{seed}")
+    out = W.soup(runs, tmp_path / "w")
+    a, b, s = (load_file(str(d / "model.safetensors")) for _, d in out)
+    assert a.keys() == s.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    for k in a:
+        assert torch.equal(s[k], ((a[k].double() + b[k].double()) / 2).to(a[k].dtype)), k
+    same = W.soup([runs[0], runs[0]], tmp_path / "w2")
+    cfg = _cfg(tmp_path, tiny_bert, data, seed=1)
+    _, val, _ = load_data(cfg)
+    with torch.no_grad():
+        v1, v2 = (validate(load_encoder(d).eval(), cfg, val) for _, d in (same[0], same[2]))
+    assert v1["val_score"] == v2["val_score"] and v1["val_loss"] == v2["val_loss"]
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "y.safetensors"))
+    with pytest.raises(SystemExit, match="y.safetensors"):
+        W.average([tmp_path / "x.safetensors", tmp_path / "y.safetensors"])
