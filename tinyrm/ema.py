@@ -15,8 +15,9 @@ weigh the past less, so it starts late instead: up to step `start` it is the liv
     avg <- avg + (w − avg) / n,        n = the number of steps averaged, from `start` on
 
 the plain mean of the weights along the last part of the schedule, where the learning rate has decayed
-and the steps circle one basin (Izmailov et al., 2018). The average is kept in float32 for every trainable tensor (DoRA's A, B and magnitude, unfrozen head weights); `swapped`
-puts it into the model for validation and for writing `best/`, then puts the live weights back.
+and the steps circle one basin (Izmailov et al., 2018). The average is kept in float32 for every
+trainable tensor (DoRA's A, B and magnitude, unfrozen head weights); `swapped` puts it into the model for
+validation and for writing `best/`, then puts the live weights back.
 """
 from __future__ import annotations
 
