@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from trials import PROBES, _f                          # the decision table's probe kinds and number format
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinyrm.augment import probes as make_probes      # noqa: E402
 from tinyrm.export import export_model                # noqa: E402
@@ -32,9 +34,6 @@ from tinyrm.mix import load_data                      # noqa: E402
 from tinyrm.recipe import load_run_config             # noqa: E402
 from tinyrm.validation import validate                # noqa: E402
 from tinyrm.weights import load_encoder               # noqa: E402
-
-PROBES = ("style", "relevance", "shuffle")
-
 
 def average(files: list[Path]) -> dict[str, torch.Tensor]:
     """The mean of each tensor over the files, summed in float64, returned in each tensor's own dtype."""
@@ -61,11 +60,10 @@ def soup(runs: list[Path], work: Path) -> list[tuple[str, Path]]:
 
 
 def row(label: str, v: dict) -> str:
-    f = lambda k: f"{v[k]:.3f}" if k in v and v[k] == v[k] else "—"   # noqa: E731
-    return (f"| {label} | {v['val_score']:.3f} ± {v['val_domain_mean_se']:.3f} | {f('val_len_balanced')} | "
-            f"{f('val_acc_chosen_longer')} | {f('val_acc_chosen_shorter')} | "
-            + " | ".join(f(f"val_acc_{d}") for d in ("chat", "safety", "reasoning")) + " | "
-            + " | ".join(f(f"val_probe_{p}") for p in PROBES) + " |")
+    keys = ["val_len_balanced", "val_acc_chosen_longer", "val_acc_chosen_shorter",
+            *(f"val_acc_{d}" for d in ("chat", "safety", "reasoning")), *(f"val_probe_{p}" for p in PROBES)]
+    return (f"| {label} | {_f(v['val_score'], v['val_domain_mean_se'])} | "
+            + " | ".join(_f(v.get(k)) for k in keys) + " |")
 
 
 def main() -> None:
