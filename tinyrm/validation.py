@@ -69,15 +69,14 @@ def for_inference(enc, autocast=None):
         enc.train(was)
 
 
-def validate_with_correction(rm, val, sample, select: str = "domain_mean", probes=()) -> tuple[dict, dict, dict]:
-    """One scoring pass over both responses of the validation pairs and of the fitting `sample` (training
-    pairs): (raw validation metrics, slopes fitted on the sample, metrics of the corrected reward). The
-    corrected pair logit subtracts calibrate.length_term from each side: exactly the scorer's corrected
-    score() difference for the pair."""
+def correction_terms(rm, held, sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """One scoring pass over both responses of the `held` pairs (validation and probes, scored, never
+    fitted on) and of the fitting `sample` (training pairs) -> (z [H] raw pair logits, gap [H] the length
+    term of the domain slopes, chosen minus rejected, pooled [H] the same with the pooled slope "*", the
+    slopes fitted on the sample). z − gap is exactly the scorer's corrected score() difference for a pair."""
     if rm.mode != "pointwise":
         raise ValueError("length correction is for pointwise models; this one is pairwise")
-    held = list(val) + list(probes)                 # scored, never fitted on
-    rows, n = held + list(sample), len(held)
+    rows, n = list(held) + list(sample), len(held)
     saved, rm.length_slopes = rm.length_slopes, None          # the raw reward
     try:
         r = torch.tensor(rm.score([p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows],
@@ -88,10 +87,44 @@ def validate_with_correction(rm, val, sample, select: str = "domain_mean", probe
     fit_texts = [p.chosen for p in sample] + [p.rejected for p in sample]
     slopes = fit_slopes(torch.cat([r_c[n:], r_r[n:]]), [log_length(t) for t in fit_texts],
                         [p.domain for p in sample] * 2)
-    doms, k = [p.domain for p in held], len(val)
+    held, doms = rows[:n], [p.domain for p in rows[:n]]
     z = pair_logit(r_c[:n], r_r[:n], "pointwise")                                 # [n] raw pair logits
-    zc = z - pair_logit(length_term(slopes, [p.chosen for p in held], doms),
-                        length_term(slopes, [p.rejected for p in held], doms), "pointwise")
+
+    def gap(ds):
+        return pair_logit(length_term(slopes, [p.chosen for p in held], ds),
+                          length_term(slopes, [p.rejected for p in held], ds), "pointwise")
+    return z, gap(doms), gap(None), slopes
+
+
+# The shares of the length correction a validation may choose from: 0 is the raw reward, 1 the corrected.
+SHARES = {"global": (0.0, 1.0), "domain": (0.0, 1.0), "blend": (0.0, 0.25, 0.5, 0.75, 1.0)}
+
+
+def choose_shares(z, gap, val, how: str = "global", select: str = "domain_mean") -> dict[str, float]:
+    """{domain: λ}: the share of the length correction whose pair logits z − λ·gap validate best on `val`
+    (z, gap: [len(val)]). "global": one λ from (0, 1) for every domain, by the `select` score; "domain":
+    per domain from (0, 1), by that domain's accuracy; "blend": per domain from a grid of five. A tie
+    goes to the larger share (the corrected reward)."""
+    if how not in SHARES:
+        raise ValueError(f"length_choice must be one of {sorted(SHARES)}, got {how!r}")
+    doms = val_domains(val)
+    if how == "global":
+        s = max(reversed(SHARES[how]), key=lambda s: metrics(z - s * gap, val, select)["val_score"])
+        return dict.fromkeys(doms, s)
+    return {d: max(reversed(SHARES[how]), key=lambda s: _acc(z - s * gap, [(p.domain or "none") == d for p in val]))
+            for d in doms}
+
+
+def shared(z, gap, val, shares: dict[str, float]) -> torch.Tensor:
+    """[N] z − λ_d·gap, each pair with its domain's share (a domain without one: raw)."""
+    return z - torch.tensor([shares.get(p.domain or "none", 0.0) for p in val], dtype=z.dtype) * gap
+
+
+def validate_with_correction(rm, val, sample, select: str = "domain_mean", probes=()) -> tuple[dict, dict, dict]:
+    """(raw validation metrics, slopes fitted on the sample, metrics of the corrected reward), each with
+    the probes' (see correction_terms)."""
+    z, gap, _, slopes = correction_terms(rm, list(val) + list(probes), sample)
+    k, zc = len(val), z - gap
     return ({**metrics(z[:k], val, select), **probe_metrics(z[k:], probes)}, slopes,
             {**metrics(zc[:k], val, select), **probe_metrics(zc[k:], probes)})
 
