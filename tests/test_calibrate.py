@@ -159,6 +159,31 @@ def test_validate_run_rule(monkeypatch):
     assert V.validate_run(None, TrainConfig(), [], None) == ({"val_score": 0.4}, 0.4, None)
 
 
+def test_choose_shares_by_hand():
+    """The share of the length correction each policy picks, against accuracies counted by hand: chat is
+    right raw (4/5, corrected 2/5), safety corrected (4/4 vs 2/4), reasoning only at half (2/2, else 1/2)."""
+    from tinyrm.data import PreferencePair as P
+    from tinyrm.validation import choose_shares, shared
+
+    doms = ["chat"] * 5 + ["safety"] * 4 + ["reasoning"] * 2
+    val = [P(f"q{i}", "a", "b", d, "t") for i, d in enumerate(doms)]
+    z = torch.tensor([1., 1, 1, -1, 1, -1, -1, 1, 1, -1, 3], dtype=torch.float64)
+    gap = torch.tensor([2., 2, 0, 0, 0, -2, -2, 0, 0, -4, 4], dtype=torch.float64)
+    # global: raw (.8 + .5 + .5) / 3 = .600 < corrected (.4 + 1 + .5) / 3 = .633 -> 1 for every domain
+    assert choose_shares(z, gap, val, "global") == {"chat": 1.0, "safety": 1.0, "reasoning": 1.0}
+    # per domain from (0, 1): chat raw; reasoning ties at 1/2 and the tie goes to the corrected reward
+    assert choose_shares(z, gap, val, "domain") == {"chat": 0.0, "safety": 1.0, "reasoning": 1.0}
+    # the grid: chat is 4/5 at 0 and at 1/4 (the larger wins the tie), reasoning is 2/2 only at 1/2,
+    # safety is 4/4 at 3/4 and at 1
+    s = choose_shares(z, gap, val, "blend")
+    assert s == {"chat": 0.25, "safety": 1.0, "reasoning": 0.5}
+    assert shared(z, gap, val, s).tolist() == [0.5, 0.5, 1, -1, 1, 1, 1, 1, 1, 1, 1]
+    # a domain without a share is scored raw; an unknown policy is named in the error
+    assert shared(z[:1], gap[:1], [P("q", "a", "b", "other", "t")], s).tolist() == [1.0]
+    with pytest.raises(ValueError, match="length_choice must be one of.*'sometimes'"):
+        choose_shares(z, gap, val, "sometimes")
+
+
 def test_for_inference_merges_and_gives_the_training_mode_back(tiny_bert, tmp_path):
     from tinyrm.dora import adapted_modules
     from tinyrm.mix import load_data
