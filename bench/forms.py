@@ -14,12 +14,17 @@ halving choose differently: how much of a coin the choice is.
 Each checkpoint is validated with its own run's recipe: held-out pairs, probes' seed and the training
 pairs the slopes are fitted on, exactly as the run did at that step (the raw and corrected domain means
 the run recorded are printed beside the recomputed ones).
+
+`--reform DIR` also copies each checkpoint to DIR/<run>/<checkpoint> with the length correction that
+training's own validation (validation.validate_run) keeps under the recipe's `length_choice` now, so a
+model trained before a change of that rule can be scored as a run of today's recipe would keep it.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,11 +33,13 @@ import torch
 from trials import _f                                  # the decision tables' number format
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tinyrm.calibrate import fit_sample               # noqa: E402
+from tinyrm.augment import probes as make_probes      # noqa: E402
+from tinyrm.calibrate import FILE, fit_sample, slopes_text  # noqa: E402
 from tinyrm.mix import load_data                      # noqa: E402
 from tinyrm.recipe import load_run_config             # noqa: E402
 from tinyrm.scorer import RewardModel                 # noqa: E402
-from tinyrm.validation import choose_shares, correction_terms, metrics, shared, val_domains  # noqa: E402
+from tinyrm.validation import (choose_shares, correction_terms, metrics, shared, val_domains,  # noqa: E402
+                               validate_run)
 
 FIXED = {"raw": 0.0, "corrected": 1.0, "half": 0.5}
 CHOSEN = ("global", "domain", "blend")
@@ -71,12 +78,28 @@ def crossfit(z, gap, val, n: int, select: str) -> dict[str, dict]:
     return out
 
 
+def reform(ckpt: Path, cfg, val, fit, out: Path) -> dict:
+    """Copy `ckpt` into `out` with the correction validate_run keeps for it now; its validation row."""
+    rm = RewardModel.load(ckpt, mode=cfg.mode, prefix=cfg.prefix, max_len=cfg.max_len)
+    probes = make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else []
+    with torch.no_grad():
+        row, _, kept = validate_run(rm.enc, cfg, val, fit, probes)
+    shutil.copytree(ckpt, out)
+    (out / FILE).unlink(missing_ok=True)
+    if kept:
+        (out / FILE).write_text(slopes_text(kept, {"fitted_on": f"{len(fit)} training pairs",
+                                                   "length_choice": cfg.length_choice}))
+    shutil.copy(ckpt.parent / "config.json", out.parent / "config.json")
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint folders of pointwise runs (RUN/best, RUN/last)")
     ap.add_argument("--halvings", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="write the Markdown table here and the figures as JSONL beside it")
+    ap.add_argument("--reform", type=Path, help="copy each checkpoint here with today's kept length correction")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pols = (*FIXED, *CHOSEN)
@@ -102,6 +125,12 @@ def main() -> None:
         for p in pols:
             mean[p].append(cf[p])
         records.append({"checkpoint": label, "step": step, "full": full, "slopes": slopes, "crossfit": cf})
+        if args.reform:
+            row = reform(ckpt, cfg, val, fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed),
+                         args.reform / ckpt.parent.name / ckpt.name)
+            print(f"{label}: kept {row['kept_val_score']:.4f} with shares {row['length_shares']} "
+                  f"({cfg.length_choice}) -> {args.reform / ckpt.parent.name / ckpt.name}", flush=True)
+            records[-1]["reformed"] = {k: row[k] for k in ("kept_val_score", "kept_val_len_balanced", "length_shares")}
     avg = {p: {k: sum(m[k] for m in ms) / len(ms) for k in ms[0]} for p, ms in mean.items()}
     lines.append(f"| mean of {len(args.checkpoints)} | | | "
                  + " | ".join(f"**{_f(avg[p]['val_score'])}** ({_f(avg[p]['val_len_balanced'])})" for p in pols)

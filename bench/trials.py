@@ -5,9 +5,10 @@ against training pairs seen.
 
 For every run and, when the run validated a weight average (`ema`) with `ema_compare`, for both the
 average and the live weights: the checkpoint the selection rule keeps (the best validation score over the
-validations, the raw or the length-corrected reward, a tie to the corrected one, the earlier step on
-equal scores) and its figures: the domain mean with its standard error, the length-balanced score,
-accuracy where the chosen answer is the longer / the shorter one, per domain, and per generated probe.
+validations, the earlier step on equal scores; its reward form: raw, corrected, or for a run that chose
+per domain the share of the correction kept for chat/safety/reasoning) and its figures: the domain mean
+with its standard error, the length-balanced score, accuracy where the chosen answer is the longer / the
+shorter one, per domain, and per generated probe.
 """
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ def validations(run: Path) -> list[dict]:
 
 def form(row: dict, prefix: str) -> dict:
     """The reward form the selection uses at this validation: {key: value} without prefixes."""
-    c = prefix + "corrected_"
-    raw = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and not k.startswith(c)}
+    c, kp = prefix + "corrected_", prefix + "kept_"
+    if kp + "val_score" in row:           # a per-domain choice (validation.validate_run): the form it kept
+        shares = row.get(prefix + "length_shares", {})
+        label = "/".join(f"{shares[d]:g}" for d in ("chat", "safety", "reasoning") if d in shares)
+        return {**{k[len(kp):]: v for k, v in row.items() if k.startswith(kp)}, "step": row["step"],
+                "form": f"corrected {label}" if any(shares.values()) else "raw"}
+    raw = {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and not k.startswith((c, kp))}
     cor = {k[len(c):]: v for k, v in row.items() if k.startswith(c)}
     if cor and cor["val_score"] >= raw["val_score"]:
         return {**cor, "form": "corrected", "step": row["step"]}

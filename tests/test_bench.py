@@ -479,3 +479,25 @@ def test_warm_soup_is_the_mean_of_the_merged_weights(tmp_path, tiny_bert):
     save_file({"x": torch.zeros(3)}, str(tmp_path / "y.safetensors"))
     with pytest.raises(SystemExit, match="y.safetensors"):
         W.average([tmp_path / "x.safetensors", tmp_path / "y.safetensors"])
+
+
+def test_forms_crossfit_halves_by_domain_and_scores_held_out():
+    """bench/forms.py: halvings split each domain in two disjoint halves; a policy chosen on one half is
+    scored on the other. Chat is right raw and wrong corrected on every pair, safety the reverse, so
+    "domain" holds out at 1.0 and never flips, raw and corrected at 0.5, and "half" (z − gap/2 = 0,
+    a tie, wrong) at 0."""
+    import forms
+    from tinyrm.data import PreferencePair as P
+
+    val = [P(f"q{i}", "a", "b", d, "t") for i, d in enumerate(["chat"] * 5 + ["safety"] * 6)]
+    for a, b in forms.halvings(val, 3, seed=1):
+        assert sorted(a + b) == list(range(11)) and not set(a) & set(b)
+        assert sorted(sum(i < 5 for i in h) for h in (a, b)) == [2, 3] and sum(i >= 5 for i in a) == 3
+    z = torch.tensor([1.0] * 5 + [-1.0] * 6, dtype=torch.float64)
+    gap = torch.tensor([2.0] * 5 + [-2.0] * 6, dtype=torch.float64)
+    cf = forms.crossfit(z, gap, val, 4, "domain_mean")
+    assert cf["domain"]["val_score"] == pytest.approx(1.0) and cf["domain"]["flips"] == 0.0
+    assert cf["raw"]["val_score"] == pytest.approx(0.5) and cf["corrected"]["val_score"] == pytest.approx(0.5)
+    assert cf["half"]["val_score"] == 0.0 and cf["blend"]["val_score"] == pytest.approx(1.0)
+    # "global": raw and corrected tie at 0.5 on every half, and a tie goes to the corrected reward
+    assert cf["global"]["val_score"] == pytest.approx(0.5) and cf["global"]["flips"] == 0.0

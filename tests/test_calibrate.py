@@ -99,16 +99,22 @@ def test_every_validation_fits_both_rewards_and_keeps_the_better(tiny_bert, tmp_
     score = [evals[0]["val_score"]]
     for r in evals[1:]:
         assert set(r["length_slopes"]) == {"chat", "safety", "*"}
-        assert r["length_corrected"] == (r["corrected_val_score"] >= r["val_score"])
-        score.append(max(r["val_score"], r["corrected_val_score"]))
-    # the kept checkpoint is the first best of those scores, and it carries the slopes iff its corrected
-    # reward won: the scorer then applies exactly the reward that was selected
+        # per domain (the default length_choice): the correction where it is at least as accurate
+        shares = {d: float(r[f"corrected_val_acc_{d}"] >= r[f"val_acc_{d}"]) for d in ("chat", "safety")}
+        assert {d: r["length_shares"][d] for d in shares} == shares
+        assert r["length_corrected"] == any(r["length_shares"].values())
+        assert r["kept_val_score"] == pytest.approx(sum(max(r[f"val_acc_{d}"], r[f"corrected_val_acc_{d}"])
+                                                        for d in shares) / 2)
+        score.append(r["kept_val_score"])
+    # the kept checkpoint is the first best of those scores, and it carries each domain's share of the
+    # slopes iff any share is on: the scorer then applies exactly the reward that was selected
     i = max(range(len(score)), key=lambda k: (score[k], -k))
     row = evals[i]
     assert s["best_step"] == row["step"] and s["best_val_score"] == pytest.approx(score[i])
     assert s["length_correction_applied"] == bool(row.get("length_corrected"))
     best = run / "best"
-    assert load_slopes(best) == (pytest.approx(row["length_slopes"]) if row.get("length_corrected") else None)
+    kept = {d: row["length_shares"][d] * b for d, b in row["length_slopes"].items()} if i > 0 else None
+    assert load_slopes(best) == (pytest.approx(kept) if row.get("length_corrected") else None)
     # the slopes are the raw reward's OLS slopes on a seeded sample of 30 TRAINING pairs (refit by hand on
     # the kept checkpoint), and the corrected reward on that sample has no linear trend in log length left
     from tinyrm.mix import load_data
@@ -135,6 +141,8 @@ def test_every_validation_fits_both_rewards_and_keeps_the_better(tiny_bert, tmp_
     if i > 0:
         assert validate(rm.enc, cfg, val)["val_score"] == pytest.approx(row["val_score"])
         assert validate(rm.enc, cfg, val, slopes)["val_score"] == pytest.approx(row["corrected_val_score"])
+        assert validate(rm.enc, cfg, val, {d: row["length_shares"][d] * b for d, b in slopes.items()}
+                        )["val_score"] == pytest.approx(row["kept_val_score"])
     # a pairwise recipe cannot ask for it
     with pytest.raises(ValueError, match="pointwise"):
         train(TrainConfig(**{**cfg.to_dict(), "mode": "pairwise", "data": cfg.data, "val": cfg.val,
@@ -142,19 +150,31 @@ def test_every_validation_fits_both_rewards_and_keeps_the_better(tiny_bert, tmp_
 
 
 def test_validate_run_rule(monkeypatch):
-    """The better of raw and corrected is the score; a tie goes to the corrected reward, whose slopes are
-    then returned for storing; without a fitting sample, plain validation."""
+    """The kept reward takes each domain's share of the correction (chosen as choose_shares does), its score
+    is the selection's, and the stored slopes are the fitted ones times the shares ("*" by the pooled slope
+    over all pairs); "global" gives every domain and "*" one share, as before per-domain choice; without a
+    fitting sample, plain validation."""
+    from tinyrm.data import PreferencePair as P
     import tinyrm.validation as V
 
-    slopes = {"chat": 0.5, "*": 0.5}
-    for raw, corr, used in ((0.6, 0.5, False), (0.6, 0.6, True), (0.5, 0.7, True)):
-        monkeypatch.setattr(V, "validate_with_correction",
-                            lambda rm, val, fit, select, probes=(), r=raw, c=corr: ({"val_score": r}, slopes,
-                                                                                   {"val_score": c}))
-        monkeypatch.setattr(V, "RewardModel", lambda *a, **k: None)
-        row, score, kept = V.validate_run(None, TrainConfig(mode="pointwise"), [], fit_pairs=["a pair"])
-        assert score == max(raw, corr) and (kept is slopes) == used and row["length_corrected"] == used
-        assert row["corrected_val_score"] == corr and row["val_score"] == raw
+    val = [P(f"q{i}", "a", "b", d, "t") for i, d in enumerate(["chat"] * 3 + ["safety"] * 3)]
+    z = torch.tensor([1., 1, 1, -1, 1, 1], dtype=torch.float64)
+    gap = torch.tensor([2., 2, 0, -2, 0, 0], dtype=torch.float64)
+    # chat: raw 3/3, corrected 1/3; safety: raw 2/3, corrected 3/3; domain means raw 5/6, corrected 2/3
+    slopes = {"chat": 0.5, "safety": 0.25, "*": 0.4}
+    monkeypatch.setattr(V, "RewardModel", lambda *a, **k: None)
+    helps, hurts = torch.tensor([0., 0, 0, -2, 0, 0]), torch.tensor([2., 2, 2, 0, 0, 0])    # 6/6 and 2/6 pooled
+    for pooled, star in ((helps, 1.0), (hurts, 0.0)):
+        monkeypatch.setattr(V, "correction_terms", lambda rm, held, fit, p=pooled: (z, gap, p.double(), slopes))
+        row, score, kept = V.validate_run(None, TrainConfig(mode="pointwise"), val, fit_pairs=["a pair"])
+        assert row["length_shares"] == {"chat": 0.0, "safety": 1.0, "*": star}
+        assert score == row["kept_val_score"] == 1.0
+        assert row["val_score"] == pytest.approx(5 / 6) and row["corrected_val_score"] == pytest.approx(2 / 3)
+        assert kept == {"chat": 0.0, "safety": 0.25, "*": 0.4 * star} and row["length_corrected"]
+    row, score, kept = V.validate_run(None, TrainConfig(mode="pointwise", length_choice="global"), val, ["a pair"])
+    assert row["length_shares"] == {"chat": 0.0, "safety": 0.0, "*": 0.0} and kept is None
+    assert score == row["kept_val_score"] == pytest.approx(5 / 6)
+    assert not row["length_corrected"]
     monkeypatch.setattr(V, "validate", lambda enc, cfg, val, probes=(): {"val_score": 0.4})
     assert V.validate_run(None, TrainConfig(), [], None) == ({"val_score": 0.4}, 0.4, None)
 

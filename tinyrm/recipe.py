@@ -75,6 +75,8 @@ class TrainConfig:
     length_correct: bool = False        # pointwise: at each validation, fit the reward's slope on log length
     length_fit_pairs: int = 600         # on this many training pairs, and keep the raw or the corrected reward,
                                         # whichever validates better (calibrate.py)
+    length_choice: str = "domain"       # ... for each domain on its own ("domain"), for all at once ("global"),
+                                        # or a share of the correction per domain ("blend"; validation.SHARES)
     length_expert: bool = False         # pointwise: train with a per-domain length term in the pair logit,
                                         # which the scorer leaves out (calibrate.LengthExpert)
     aug_style: float = 0.0              # add this fraction of style pairs (augment.py: one side dressed up in
@@ -142,7 +144,8 @@ _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "sa
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
                  "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight", "train_pairs"}
 _FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from"}           # in [0, 1)
-_CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc")}
+_CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
+            "length_choice": ("domain", "global", "blend")}
 
 
 def _check_value(name: str, value, where: str) -> None:

@@ -21,6 +21,7 @@ def finish(run) -> dict:
     summary = {"run_dir": str(run.run_dir), "best_val_score": best["val_score"],
                "best_val_acc": best.get("val_acc", -1.0), **corrected,
                "length_correction_applied": bool(best.get("length_corrected")),
+               **({"length_shares": best["length_shares"]} if best.get("length_shares") else {}),
                **({"length_expert": run.expert.values()} if run.expert else {}),
                "select": cfg.select, "best_step": best["step"], "steps": len(run.steps),
                "train_pairs": len(run.train_pairs), "val_pairs": len(run.val), "seconds": time.time() - run.t0,

@@ -210,8 +210,8 @@ def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
             v, score, slopes = validate_run(run.enc, run.cfg, run.val, fit, run.probes)
         run.record({"step": step, **v, **{f"live_{k}": x for k, x in (live or v if compare else {}).items()}})
         if score > run.best["val_score"]:
-            c = "corrected_" if slopes else ""
-            run.best.update(val_score=score, val_acc=v[c + "val_acc"], step=step, raw_val_score=v["val_score"],
+            run.best.update(val_score=score, val_acc=v.get("kept_val_acc", v["val_acc"]), step=step,
+                            raw_val_score=v["val_score"], length_shares=v.get("length_shares"),
                             length_corrected=slopes is not None, corrected_val_score=v.get("corrected_val_score"),
                             corrected_val_acc=v.get("corrected_val_acc"))
             files = {LENGTH_FILE: slopes_text(slopes, {"fitted_on": f"{len(run.fit)} training pairs", "step": step})
@@ -278,7 +278,7 @@ def loop(run: Run, stop_after: int | None = None) -> None:
             if dp.is_main():            # rank 0 alone (it writes best/); the others wait at the barrier
                 v, _ = validate_and_keep(run, done)
                 per = " ".join(f"{d} {v['val_acc_' + d]:.3f}" for d in doms)
-                fix = f", length-corrected {v['corrected_val_score']:.4f}" if "corrected_val_score" in v else ""
+                fix = f", kept (per-domain length form) {v['kept_val_score']:.4f}" if "kept_val_score" in v else ""
                 bar.write(f"step {done}: val_score {v['val_score']:.4f} [{per}]{fix} (best "
                           f"{run.best['val_score']:.4f} at {run.best['step']})")
             dp.barrier()

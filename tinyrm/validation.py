@@ -120,28 +120,31 @@ def shared(z, gap, val, shares: dict[str, float]) -> torch.Tensor:
     return z - torch.tensor([shares.get(p.domain or "none", 0.0) for p in val], dtype=z.dtype) * gap
 
 
-def validate_with_correction(rm, val, sample, select: str = "domain_mean", probes=()) -> tuple[dict, dict, dict]:
-    """(raw validation metrics, slopes fitted on the sample, metrics of the corrected reward), each with
-    the probes' (see correction_terms)."""
-    z, gap, _, slopes = correction_terms(rm, list(val) + list(probes), sample)
-    k, zc = len(val), z - gap
-    return ({**metrics(z[:k], val, select), **probe_metrics(z[k:], probes)}, slopes,
-            {**metrics(zc[:k], val, select), **probe_metrics(zc[k:], probes)})
-
-
 def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float, dict | None]:
     """One validation during training -> (metrics row, the score the selection uses, length slopes to
     store with the checkpoint or None). With `fit_pairs` (a pointwise model with the length correction
-    on), the raw and the corrected reward are both validated and the better one is the checkpoint's score
-    (a tie goes to the corrected reward): the scorer will then use exactly the reward that was selected."""
+    on), the raw and the corrected reward are both validated, each domain takes the share of the correction
+    that validates best (cfg.length_choice, choose_shares), and the reward so formed is the checkpoint's:
+    its metrics are the row's `kept_*`, its score the selection's, its slopes (each domain's share of the
+    fitted slope; the pooled "*" by the same rule over all pairs) what the scorer will apply."""
     if not fit_pairs:
         v = validate(enc, cfg, val, probes=probes)
         return v, v["val_score"], None
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
-    v, slopes, vc = validate_with_correction(rm, val, fit_pairs, cfg.select, probes)
-    use = vc["val_score"] >= v["val_score"]
-    row = {**v, "length_slopes": slopes, **{f"corrected_{k}": x for k, x in vc.items()}, "length_corrected": use}
-    return row, (vc if use else v)["val_score"], slopes if use else None
+    k = len(val)
+    z, gap, pooled, slopes = correction_terms(rm, list(val) + list(probes), fit_pairs)
+    shares = choose_shares(z[:k], gap[:k], val, cfg.length_choice, cfg.select)
+    star = max(SHARES["global"], key=lambda s: (metrics(z[:k] - s * pooled[:k], val, cfg.select)["val_score"], s))
+    shares["*"] = shares[next(iter(shares))] if cfg.length_choice == "global" else star
+
+    def row(zz) -> dict:
+        return {**metrics(zz[:k], val, cfg.select), **probe_metrics(zz[k:], probes)}
+    kept = row(shared(z, gap, list(val) + list(probes), shares))
+    out = {**row(z), "length_slopes": slopes, **{f"corrected_{x}": v for x, v in row(z - gap).items()},
+           "length_shares": shares, **{f"kept_{x}": v for x, v in kept.items()},
+           "length_corrected": any(shares.values())}
+    scaled = {d: shares.get(d, shares["*"]) * b for d, b in slopes.items()}
+    return out, kept["val_score"], scaled if any(shares.values()) else None
 
 
 def _se(acc: float, n: int) -> float:
