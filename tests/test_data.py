@@ -245,6 +245,19 @@ def test_mix_fraction_max_rows_and_zero(tmp_path):
         load_mix([MixEntry(str(a), -1.0)], seed=0)
 
 
+def test_mix_is_the_same_wherever_the_data_folder_lives(tmp_path):
+    """Two copies of one data folder at different paths give the same mix, row for row: the seeded
+    subsample of a fractional weight and of max_rows depends on the file's name, not where it lies."""
+    mixes = []
+    for root in (tmp_path / "here", tmp_path / "somewhere" / "else"):
+        root.mkdir(parents=True)
+        a, b = write(root / "a.jsonl", _rows(40, "a")), write(root / "b.jsonl", _rows(30, "b"))
+        mixes.append(load_mix([MixEntry(str(a), 0.5), MixEntry(str(b), 1.0, max_rows=12)], seed=3, val_frac=0.1))
+    (t1, v1, _), (t2, v2, _) = mixes
+    assert [p.prompt for p in t1] == [p.prompt for p in t2] and [p.prompt for p in v1] == [p.prompt for p in v2]
+    assert 0 < len({p.prompt for p in t1 if p.prompt[0] == "a"}) < 40      # the subsample is a real draw
+
+
 def test_mix_holds_out_each_file_before_weighting(tmp_path):
     a = write(tmp_path / "a.jsonl", _rows(200, "a"))
     b = write(tmp_path / "b.jsonl", _rows(100, "b") + _rows(20, "a"))  # 20 prompts shared with a.jsonl

@@ -9,9 +9,10 @@ At every validation of a run (train.py), β_d is fitted on a seeded sample of *t
 validation, never RewardBench): per domain, the least-squares slope of the reward on log length over all
 their responses, so the corrected reward has zero linear correlation with length on that sample; "*" is
 the slope pooled over every domain, used when the caller gives no domain. Both the raw and the corrected
-reward are validated, and the checkpoint and the form of its reward are chosen together: whichever
-validates better (a tie goes to the corrected one). The slopes are stored beside a checkpoint only when
-its corrected reward won. Length is counted in characters (what the user sees, and the same for any
+reward are validated; each domain keeps the correction where it validates at least as well (the
+recipe's `length_choice`; validation.choose_shares), and the checkpoint is chosen by the score of the
+reward so formed. The kept slopes (zero for a domain left raw) are stored beside a checkpoint when any
+domain keeps the correction. Length is counted in characters (what the user sees, and the same for any
 tokenizer). A pairwise model compares two answers in one input; this
 correction is for the pointwise reward only.
 """

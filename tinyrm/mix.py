@@ -10,6 +10,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from .augment import augment
 from .data import PreferencePair, SkipReport, prompt_hash, read_pairs
@@ -72,7 +73,9 @@ def load_mix(entries: list[MixEntry], seed: int, skip_bad: bool = False, val_fra
             rows, held = split_validation(rows, val_frac, seed if split_seed is None else split_seed,
                                           min_rows=1 if n_prompts > 1 else 0)
             val += held
-        rng = _rng(seed, i, str(e.path or e.synth))
+        # keyed by the file's name, not its path: the same recipe and seed draw the same rows wherever the
+        # data folder lives (a path-keyed stream gave every machine its own mix)
+        rng = _rng(seed, i, Path(e.path).name if e.path else e.synth)
         if e.max_rows is not None and len(rows) > e.max_rows:
             rows = [rows[j] for j in sorted(rng.sample(range(len(rows)), e.max_rows))]
         train += weighted_sample(rows, e.weight, rng)

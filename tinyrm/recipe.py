@@ -74,9 +74,9 @@ class TrainConfig:
                                         # longer as pairs where it is the shorter (length is then no shortcut)
     length_correct: bool = False        # pointwise: at each validation, fit the reward's slope on log length
     length_fit_pairs: int = 600         # on this many training pairs, and keep the raw or the corrected reward,
-                                        # whichever validates better (calibrate.py)
-    length_choice: str = "domain"       # ... for each domain on its own ("domain"), for all at once ("global"),
-                                        # or a share of the correction per domain ("blend"; validation.SHARES)
+                                        # whichever validates better (calibrate.py), chosen per domain
+    length_choice: str = "domain"       # ("domain"), for all domains at once ("global"), or as a share of the
+                                        # correction per domain ("blend"; validation.SHARES)
     length_expert: bool = False         # pointwise: train with a per-domain length term in the pair logit,
                                         # which the scorer leaves out (calibrate.LengthExpert)
     aug_style: float = 0.0              # add this fraction of style pairs (augment.py: one side dressed up in
