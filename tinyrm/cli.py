@@ -49,7 +49,8 @@ def _train(args) -> int:
         what = "the scorer applies it" if s["length_correction_applied"] else "not applied: the raw reward scored higher"
         shares = ", ".join(f"{d} {x:g}" for d, x in s.get("length_shares", {}).items())
         print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
-              f"length-corrected {s['corrected_val_score']:.4f}" + (f"; share kept per domain: {shares}" if shares else ""))
+              f"length-corrected {s['corrected_val_score']:.4f}"
+              + (f"; share kept per domain: {shares}" if shares else ""))
     from .plot import plot_run
     try:
         print(f"training curves: {plot_run(s['run_dir'])}")

@@ -134,8 +134,10 @@ def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float,
     k = len(val)
     z, gap, pooled, slopes = correction_terms(rm, list(val) + list(probes), fit_pairs)
     shares = choose_shares(z[:k], gap[:k], val, cfg.length_choice, cfg.select)
-    star = max(SHARES["global"], key=lambda s: (metrics(z[:k] - s * pooled[:k], val, cfg.select)["val_score"], s))
-    shares["*"] = shares[next(iter(shares))] if cfg.length_choice == "global" else star
+    # "*", for a caller without a domain: the pooled slope, kept by the global rule over all pairs ("global"
+    # itself gives it the one share every domain got)
+    star = choose_shares(z[:k], (gap if cfg.length_choice == "global" else pooled)[:k], val, "global", cfg.select)
+    shares["*"] = next(iter(star.values()))
 
     def row(zz) -> dict:
         return {**metrics(zz[:k], val, cfg.select), **probe_metrics(zz[k:], probes)}
