@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from tinyrm.data import PreferencePair
 from tinyrm.batching import length_grouped_batches
-from tinyrm.prompts import (DOMAIN_PREFIX, PREFIXES, Example, TemplateTooLong, build_pairwise, build_pointwise,
+from tinyrm.prompts import (DOMAIN_PREFIX, PREFIXES, Cloze, Example, TemplateTooLong, build_pairwise, build_pointwise,
                             fit_lengths, pairwise_examples, pointwise_examples, resolve_prefix)
 from tinyrm.tokens import Specials, answer_token_ids, load_tokenizer
 
@@ -226,6 +226,33 @@ def test_minilm_template_and_answers():
     assert [tok.id_to_token(i) for i in e0.input_ids[15:41]] == ["why"] * 25 + ["choice"]
     assert [tok.id_to_token(i) for i in e0.input_ids[-4:]] == ["answer", ":", "[MASK]", "[SEP]"]
     assert e0.input_ids[e0.mask_pos] == sp.mask_id == e1.input_ids[e1.mask_pos]
+
+
+def test_criterion_prefix_names_the_domain_for_one_response():
+    """prefix "criterion": a pointwise prompt opens with its domain's criterion (chat when unknown), in
+    training and scoring alike; "domain" keeps the one neutral instruction; pairwise "criterion" is
+    pairwise "domain"."""
+    tok = load_tokenizer(minilm_path())
+    sp = Specials.from_tokenizer(tok)
+    point = lambda prefix: Cloze(tok, "pointwise", prefix, 128, sp, ("yes", "no"),
+                                 answer_token_ids(tok, ("yes", "no")))
+    def head(ex):   # the tokens between [CLS] and "Question:"
+        t = [tok.id_to_token(i) for i in ex.input_ids]
+        return t[1:next(i for i in range(len(t)) if t[i:i + 2] == ["question", ":"])]
+    crit, neutral = point("criterion"), point("domain")
+    pair = PreferencePair("Is it safe?", "Yes.", "No.", "safety", "t")
+    (ex_c, lab_c), (ex_r, lab_r) = crit.training_examples(pair)
+    assert (lab_c, lab_r) == (0, 1)
+    assert head(ex_c) == head(ex_r) == "judge the response based on safety .".split()
+    assert head(crit.pointwise("q", "r", "reasoning")) == \
+        "judge the response based on mathematical or programming accuracy .".split()
+    chat = "judge whether the response is helpful , relevant , and correct .".split()
+    assert head(crit.pointwise("q", "r", "chat")) == head(crit.pointwise("q", "r")) == chat
+    for d in ("chat", "safety", "reasoning", None):
+        assert head(neutral.pointwise("q", "r", d)) == "judge the response to the question .".split()
+    pw = lambda prefix: Cloze(tok, "pairwise", prefix, 128, sp, ("0", "1"), answer_token_ids(tok))
+    for d in ("chat", "safety", "reasoning"):
+        assert pw("criterion").pairwise("q", "a", "b", d) == pw("domain").pairwise("q", "a", "b", d)
 
 
 # ---- batching ----

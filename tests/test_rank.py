@@ -135,3 +135,20 @@ def test_reward_model_methods_delegate_here(tiny):
     rm = RewardModel(tiny, mode="pointwise", max_len=64)
     assert rm.rank(PROMPT, CANDS) == rank(rm, PROMPT, CANDS)
     assert rm.as_reward_func()([PROMPT], [CANDS[0]]) == rm.score([PROMPT], [CANDS[0]])
+
+
+def test_score_prompts_each_row_with_its_domains_criterion(tiny):
+    """A prefix = "criterion" model scores a row with its domain's prompt (the one training built), so the
+    same response gets another reward under another domain; a "domain" model's one neutral prompt does not
+    depend on the domain."""
+    from tinyrm.prompts import CRITERION_PREFIX, build_pointwise
+    rm = RewardModel(tiny, mode="pointwise", prefix="criterion", max_len=64)
+    doms = ["chat", "safety", "reasoning", None]
+    got = rm.score([PROMPT] * 4, [CANDS[0]] * 4, doms)
+    cz = rm.cloze
+    ref = rm._logits([build_pointwise(cz.tok, cz.sp, PROMPT, CANDS[0], CRITERION_PREFIX[d or "chat"], 64)
+                      for d in doms]).tolist()
+    assert got == ref                               # the same examples, scored in one call: bit for bit
+    assert len({round(x, 4) for x in got[:3]}) == 3 and got[3] == got[0]   # None reads as chat
+    neutral = RewardModel(tiny, mode="pointwise", prefix="domain", max_len=64)
+    assert len(set(neutral.score([PROMPT] * 4, [CANDS[0]] * 4, doms))) == 1

@@ -42,6 +42,11 @@ PREFIXES = {
 # Default prefix per data domain; safety uses the generalist's wording from the paper.
 DOMAIN_PREFIX = {"chat": PREFIXES["helpful"], "reasoning": PREFIXES["math_code"], "safety": PREFIXES["safety"]}
 POINTWISE_PREFIX = "Judge the response to the question."
+# prefix = "criterion": each domain's criterion, phrased for one response (pointwise); the paper's domain
+# prefixes ask "which response", which fits pairwise prompts only. Pairwise "criterion" = "domain".
+CRITERION_PREFIX = {"chat": "Judge whether the response is helpful, relevant, and correct.",
+                    "reasoning": "Judge the response based on mathematical or programming accuracy.",
+                    "safety": "Judge the response based on safety."}
 POINTWISE_QUESTION = "Is the response good? Answer:"
 
 
@@ -162,7 +167,7 @@ class Cloze:
     examples through it, so a model is always scored with the prompts it was trained on."""
     tok: Tokenizer
     mode: str                       # "pairwise" (Choice 0 / 1) | "pointwise" (yes / no per response)
-    prefix: str                     # "domain": each pair's domain prefix; else a PREFIXES key or literal text
+    prefix: str                     # "domain" | "criterion": by each pair's domain; else a PREFIXES key or text
     max_len: int
     sp: Specials
     words: tuple[str, ...]          # the two answer words: ("0", "1") or ("yes", "no")
@@ -178,12 +183,15 @@ class Cloze:
                    words, answer_token_ids(tok, words))
 
     def prefix_for(self, domain: str | None) -> str:
-        """The prefix text for a row of this domain: pairwise "domain" prompts name the domain's criterion
-        (chat when unknown); pointwise "domain" prompts share one neutral instruction."""
-        if self.prefix != "domain":
+        """The prefix text for a row of this domain (chat when unknown): pairwise "domain" and "criterion"
+        prompts name the domain's criterion; pointwise "domain" prompts share one neutral instruction, and
+        pointwise "criterion" prompts name the domain's criterion for one response."""
+        if self.prefix not in ("domain", "criterion"):
             return resolve_prefix(self.prefix)
         if self.mode == "pointwise":
-            return POINTWISE_PREFIX
+            if self.prefix == "domain":
+                return POINTWISE_PREFIX
+            return CRITERION_PREFIX.get(domain or "chat", CRITERION_PREFIX["chat"])
         return DOMAIN_PREFIX.get(domain or "chat", DOMAIN_PREFIX["chat"])
 
     def pairwise(self, prompt: str, resp_0: str, resp_1: str, domain: str | None = None) -> Example:

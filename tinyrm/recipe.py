@@ -29,7 +29,8 @@ class TrainConfig:
     model: str = "weights/minilm-l6"    # checkpoint folder
     # prompt
     mode: str = "pairwise"              # "pairwise" (both responses, Choice 0/1) | "pointwise" (yes/no per response)
-    prefix: str = "domain"              # "domain" = each pair's domain prefix, or a literal prefix for all pairs
+    prefix: str = "domain"              # "domain" = each pair's domain prefix (pointwise: one neutral one),
+                                        # "criterion" = its domain's criterion (pointwise too), or literal text
     max_len: int = 512
     # adapters and freezing
     use_dora: bool = True

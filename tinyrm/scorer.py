@@ -161,14 +161,15 @@ class RewardModel:
         return z[0::2], z[1::2]
 
     def score(self, prompts, responses, domains=None) -> list[float]:
-        """Pointwise rewards logit('yes') − logit('no'), one per (prompt, response); minus
-        slope · log(1 + characters) when the model carries a length correction (the slope of the given
-        domain, or the pooled one "*" without a domain)."""
+        """Pointwise rewards logit('yes') − logit('no'), one per (prompt, response), prompted with each
+        domain's prefix where the model has one; minus slope · log(1 + characters) when the model carries
+        a length correction (the slope of the given domain, or the pooled one "*" without a domain)."""
         if self.mode != "pointwise":
             raise TinyrmError("score() needs a pointwise model; a pairwise model only compares (use compare())")
         if domains is not None and len(domains) != len(prompts):
             raise TinyrmError(f"score(): {len(prompts)} prompts but {len(domains)} domains")
-        r = self._logits([self.cloze.pointwise(q, r) for q, r in zip(prompts, responses, strict=True)])
+        doms = domains if domains is not None else [None] * len(prompts)   # a "criterion" prefix reads them
+        r = self._logits([self.cloze.pointwise(q, r, d) for q, r, d in zip(prompts, responses, doms, strict=True)])
         if self.length_slopes:
             r = r - length_term(self.length_slopes, responses, domains).float()
         return r.tolist()
