@@ -188,11 +188,10 @@ class Cloze:
         pointwise "criterion" prompts name the domain's criterion for one response."""
         if self.prefix not in ("domain", "criterion"):
             return resolve_prefix(self.prefix)
-        if self.mode == "pointwise":
-            if self.prefix == "domain":
-                return POINTWISE_PREFIX
-            return CRITERION_PREFIX.get(domain or "chat", CRITERION_PREFIX["chat"])
-        return DOMAIN_PREFIX.get(domain or "chat", DOMAIN_PREFIX["chat"])
+        if self.mode == "pointwise" and self.prefix == "domain":
+            return POINTWISE_PREFIX
+        table = CRITERION_PREFIX if self.mode == "pointwise" else DOMAIN_PREFIX
+        return table.get(domain or "chat", table["chat"])
 
     def pairwise(self, prompt: str, resp_0: str, resp_1: str, domain: str | None = None) -> Example:
         return build_pairwise(self.tok, self.sp, prompt, resp_0, resp_1, self.prefix_for(domain), self.max_len)
