@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from tinyrm.mlm import answer_and_mlm, hide_tokens, mask_generator
 from tinyrm.prompts import Cloze
-from tinyrm.train import step_loss, train
+from tinyrm.objective import step_loss
+from tinyrm.train import train
 from tinyrm.weights import load_encoder
 from conftest import write_tiny_bert
 from test_train import _cfg, _write, repeat_task

@@ -83,6 +83,8 @@ class TrainConfig:
     aug_style: float = 0.0              # add this fraction of style pairs (augment.py: one side dressed up in
     aug_relevance: float = 0.0          # markdown and padding), off-topic answers of the same domain, and
     aug_shuffle: float = 0.0            # sentence-shuffled answers; labels never follow the style
+    pairwise_weight: float = 0.0        # pointwise, >0: also train the pairwise cloze on every pair (both
+                                        # orders), this times its loss (objective.py); scoring stays pointwise
     mlm_weight: float = 0.0             # >0: add this times an auxiliary masked-LM loss on the training text
     mlm_frac: float = 0.15              # (mlm.py): the fraction of text tokens hidden in each training sequence
     probes: int = 0                     # held-out probes of each augment kind, made from validation pairs
@@ -143,7 +145,8 @@ def _entry_types(r: dict, where: str) -> None:
 _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "save_every", "val_max_pairs",
              "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip"}
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
-                 "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight", "train_pairs"}
+                 "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight", "train_pairs",
+                 "pairwise_weight"}
 _FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from"}           # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
             "length_choice": ("domain", "global", "blend")}

@@ -34,12 +34,13 @@ from .ema import weight_average
 from .errors import RecipeError
 from .guard import note_step
 from .mix import load_data
-from .mlm import answer_and_mlm, masking
+from .mlm import masking
+from .objective import step_loss, with_pairwise
 from .optim import make_optimizer
 from .precision import autocast_for
 from .prompts import Cloze
 from .recipe import TrainConfig, check_files, needed_files
-from .scorer import mask_logits, pick_device
+from .scorer import pick_device
 from .summary import finish
 from .validation import for_inference, val_domains, validate_run
 from .weights import load_encoder
@@ -62,9 +63,21 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
 
 
 def build_examples(enc, cfg: TrainConfig, pairs):
-    """Per pair, its labelled examples (Cloze.training_examples: pairwise both orders, pointwise both sides)."""
+    """Per pair, its labelled examples (Cloze.training_examples: pairwise both orders, pointwise both sides),
+    then, with `pairwise_weight`, its pairwise examples as side rows (objective.py)."""
     cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
-    return [cloze.training_examples(p) for p in tqdm(pairs, desc="tokenising", unit="pair", leave=False)]
+    side = Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len) if cfg.pairwise_weight > 0 else None
+    return [cloze.training_examples(p) if side is None else with_pairwise(cloze.training_examples(p),
+                                                                          side.training_examples(p))
+            for p in tqdm(pairs, desc="tokenising", unit="pair", leave=False)]
+
+
+def answer_vocab(enc, cfg: TrainConfig, device) -> torch.Tensor:
+    """The answer words' ids a training forward reads: the recipe's two, then the side pairwise two."""
+    ids = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len).answer_ids
+    if cfg.pairwise_weight > 0:
+        ids = ids + Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len).answer_ids
+    return torch.tensor(ids, device=device)
 
 
 def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
@@ -76,29 +89,6 @@ def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
         steps += length_grouped_batches(lengths, batch_size=cfg.batch_pairs, seed=cfg.seed + epoch)
         epoch += 1
     return steps[:min(n_total, cfg.max_steps) if cfg.max_steps > 0 else n_total]
-
-
-def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, expert=None, mlm=None):
-    """Forward + backward for one micro-batch -> (diffs, tokens, mean MLM loss or None). `expert`: a
-    LengthExpert (pointwise); `mlm`: (Specials, generator) for the auxiliary masked-LM loss (mlm.py)."""
-    exs = [ex for i in pair_ids for ex in examples[i]]
-    seqs = [e for e, _ in exs]
-    with autocast:                                                            # lg [N, 2]
-        lg, mlm_loss = (mask_logits(enc, seqs, vocab), None) if mlm is None else \
-            answer_and_mlm(enc, seqs, vocab, mlm[0], cfg.mlm_frac, mlm[1])[:2]
-    z = lg[:, 0].float() - lg[:, 1].float()        # log-odds of answer word 0 ('0' / 'yes')
-    labels = torch.tensor([y for _, y in exs], device=z.device)
-    if cfg.mode == "pairwise":
-        diff = torch.where(labels == 0, z, -z)     # chosen's log-odds, one per order
-    else:
-        diff = z[0::2] - z[1::2]                   # r(chosen) - r(rejected)
-        if expert is not None:
-            diff = diff + expert(pair_ids)          # + β_d · (log-length gap)
-    loss = bradley_terry_loss(diff, cfg.margin, reduction="sum") / n_diffs
-    if mlm_loss is not None:    # this micro-batch's share of the step's mean: weighted by its diffs
-        loss = loss + cfg.mlm_weight * mlm_loss * (len(diff) / n_diffs)
-    loss.backward()
-    return diff.detach(), sum(len(e.input_ids) for e, _ in exs), None if mlm_loss is None else mlm_loss.item()
 
 
 @dataclass
@@ -140,6 +130,8 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     once all of that worked, so a bad input leaves nothing behind."""
     if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct):
         raise RecipeError("length_expert and length_correct are for pointwise models; this recipe is pairwise")
+    if cfg.mode != "pointwise" and cfg.pairwise_weight > 0:
+        raise RecipeError("pairwise_weight adds a pairwise loss beside a pointwise one; this recipe is pairwise")
     check_files(needed_files(cfg))
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
@@ -167,7 +159,7 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     dp.say(f"{len(train_pairs)} training pairs, {len(val)} validation pairs, {len(steps)} steps -> {run_dir}")
-    return Run(cfg, run_dir, enc, train_pairs, val, examples, steps, torch.tensor(cloze.answer_ids, device=device),
+    return Run(cfg, run_dir, enc, train_pairs, val, examples, steps, answer_vocab(enc, cfg, device),
                autocast_for(cfg, device), opt, sched, meta, expert, fit, probes, ema)
 
 
