@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import tinyrm.atomic
 import tinyrm.data
+import tinyrm.objective as objective
 import tinyrm.train as tr
 from tinyrm.checkpoint import find_resumable, load_trainer_state, trim_metrics
 from tinyrm.cli import main
@@ -134,8 +135,8 @@ def _poison(monkeypatch, how: str):
     """From now on every step's loss (how='nan_loss') or one gradient entry ('inf_grad', 'nan_grad') is
     non-finite; returns a function that removes the poison."""
     if how == "nan_loss":
-        real = tr.bradley_terry_loss
-        monkeypatch.setattr(tr, "bradley_terry_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+        real = objective.bradley_terry_loss
+        monkeypatch.setattr(objective, "bradley_terry_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     else:
         real = tr.step_loss
 
