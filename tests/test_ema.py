@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from tinyrm.adapters import load_adapter
 from tinyrm.ema import Ema
 from tinyrm.train import train
-from test_train import _cfg, _write, repeat_task, tiny_bert  # noqa: F401  (tiny_bert: the fixture)
+from test_train import _cfg, _write, full_and_resumed_agree, repeat_task, tiny_bert  # noqa: F401  (tiny_bert: the fixture)
 
 
 def test_average_follows_the_recurrence():
@@ -71,23 +71,10 @@ def test_swapped_puts_the_average_in_and_the_live_weights_back():
         Ema.of(lin, 1.0)
 
 
-def _full_and_resumed_agree(tmp_path, tiny_bert, data, kw, stop_after):
-    """A run straight through (tmp_path/full) and one stopped after `stop_after` steps and resumed
-    (tmp_path/part) end with the same bits in last/ and best/."""
-    train(_cfg(tmp_path, tiny_bert, data, **kw), run_dir=tmp_path / "full")
-    part = tmp_path / "part"
-    train(_cfg(tmp_path, tiny_bert, data, **kw), run_dir=part, stop_after=stop_after)
-    train(_cfg(tmp_path, tiny_bert, data, **kw), run_dir=part)
-    for sub in ("last", "best"):
-        a = load_file(tmp_path / "full" / sub / "adapter.safetensors")
-        b = load_file(part / sub / "adapter.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
-
-
 def test_run_with_average_resumes_exactly_and_keeps_the_average(tiny_bert, tmp_path):
     data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
     kw = dict(max_steps=8, ema=0.8, ema_compare=True, eval_every=8, save_every=2, lr=3e-3)
-    _full_and_resumed_agree(tmp_path, tiny_bert, data, kw, stop_after=3)
+    full_and_resumed_agree(tmp_path, tiny_bert, data, kw, stop_after=3)
     # the average never touches training: the live weights equal those of a run without it
     train(_cfg(tmp_path, tiny_bert, data, **{**kw, "ema": 0.0, "ema_compare": False}), run_dir=tmp_path / "plain")
     live = load_file(tmp_path / "full" / "last" / "adapter.safetensors")
@@ -104,7 +91,7 @@ def test_run_with_tail_average_resumes_exactly(tiny_bert, tmp_path):
     data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
     kw = dict(max_steps=8, swa_from=0.5, ema_compare=True, eval_every=4, save_every=2, lr=3e-3,
               eval_untrained=False)
-    _full_and_resumed_agree(tmp_path, tiny_bert, data, kw, stop_after=6)
+    full_and_resumed_agree(tmp_path, tiny_bert, data, kw, stop_after=6)
     rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     val = {r["step"]: r for r in rows if "live_val_score" in r}
     assert sorted(val) == [4, 8] and val[4]["live_val_score"] == val[4]["val_score"]

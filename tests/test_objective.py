@@ -16,7 +16,7 @@ from tinyrm.scorer import mask_logits
 from tinyrm.train import answer_vocab, build_examples, train
 from tinyrm.weights import load_encoder
 from conftest import write_tiny_bert
-from test_train import _cfg, _write, repeat_task
+from test_train import _cfg, _write, full_and_resumed_agree, repeat_task
 from tolerance import f32_bound
 
 PAIRS = [("What is the capital of France?", "Paris is the capital of France.", "It is Lyon."),
@@ -100,12 +100,8 @@ def test_recipe_checks_pairwise_weight(tmp_path, tiny):
 def test_training_with_side_pairwise_resumes_bit_for_bit_and_scores_pointwise(tiny, tmp_path):
     data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
     kw = dict(mode="pointwise", max_steps=6, pairwise_weight=1.0, eval_every=6)
-    train(_cfg(tmp_path, tiny, data, **kw), run_dir=tmp_path / "full")
-    part = tmp_path / "part"
-    train(_cfg(tmp_path, tiny, data, **kw), run_dir=part, stop_after=3)
-    train(_cfg(tmp_path, tiny, data, **kw), run_dir=part)
-    a, b = (load_file(d / "last" / "adapter.safetensors") for d in (tmp_path / "full", part))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    full_and_resumed_agree(tmp_path, tiny, data, kw, stop_after=3)
+    a = load_file(tmp_path / "full" / "last" / "adapter.safetensors")
     plain = tmp_path / "plain"
     train(_cfg(tmp_path, tiny, data, **{**kw, "pairwise_weight": 0.0}), run_dir=plain)
     c = load_file(plain / "last" / "adapter.safetensors")

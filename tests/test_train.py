@@ -50,6 +50,19 @@ def _cfg(tmp_path, model, data, **kw):
     return TrainConfig(**base)
 
 
+def full_and_resumed_agree(tmp_path, model, data, kw, stop_after):
+    """A run straight through (tmp_path/full) and one stopped after `stop_after` steps and resumed
+    (tmp_path/part) end with the same bits in last/ and best/."""
+    train(_cfg(tmp_path, model, data, **kw), run_dir=tmp_path / "full")
+    part = tmp_path / "part"
+    train(_cfg(tmp_path, model, data, **kw), run_dir=part, stop_after=stop_after)
+    train(_cfg(tmp_path, model, data, **kw), run_dir=part)
+    for sub in ("last", "best"):
+        a = load_file(tmp_path / "full" / sub / "adapter.safetensors")
+        b = load_file(part / sub / "adapter.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
+
+
 def test_lr_schedule_warmup_then_linear_decay_to_floor(tiny_bert, tmp_path):
     cfg = _cfg(tmp_path, tiny_bert, "unused", lr=1.0, warmup_frac=0.1, final_lr_frac=0.02)
     enc = torch.nn.Linear(2, 2)
