@@ -62,22 +62,24 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
     return enc
 
 
+def training_clozes(enc, cfg: TrainConfig) -> list[Cloze]:
+    """The prompts a training step reads: the recipe's, then, with `pairwise_weight`, the pairwise one
+    trained beside it (objective.py). Their answer words, in this order, are the step's vocabulary."""
+    side = [Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len)] if cfg.pairwise_weight > 0 else []
+    return [Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)] + side
+
+
 def build_examples(enc, cfg: TrainConfig, pairs):
     """Per pair, its labelled examples (Cloze.training_examples: pairwise both orders, pointwise both sides),
     then, with `pairwise_weight`, its pairwise examples as side rows (objective.py)."""
-    cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
-    side = Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len) if cfg.pairwise_weight > 0 else None
-    return [cloze.training_examples(p) if side is None else with_pairwise(cloze.training_examples(p),
-                                                                          side.training_examples(p))
-            for p in tqdm(pairs, desc="tokenising", unit="pair", leave=False)]
+    cloze, *side = training_clozes(enc, cfg)
+    return [with_pairwise(cloze.training_examples(p), side[0].training_examples(p)) if side
+            else cloze.training_examples(p) for p in tqdm(pairs, desc="tokenising", unit="pair", leave=False)]
 
 
 def answer_vocab(enc, cfg: TrainConfig, device) -> torch.Tensor:
     """The answer words' ids a training forward reads: the recipe's two, then the side pairwise two."""
-    ids = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len).answer_ids
-    if cfg.pairwise_weight > 0:
-        ids = ids + Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len).answer_ids
-    return torch.tensor(ids, device=device)
+    return torch.tensor([i for c in training_clozes(enc, cfg) for i in c.answer_ids], device=device)
 
 
 def plan_steps(examples, cfg: TrainConfig) -> list[list[int]]:
