@@ -2,6 +2,8 @@
 (`pairwise_weight`): its gradient against the loss written out by hand in float64, its examples and answer
 words, the recipe's checks, and a run that trains with it, resumes bit for bit and scores pointwise."""
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,9 @@ from tinyrm.train import answer_vocab, build_examples, train
 from tinyrm.weights import load_encoder
 from conftest import write_tiny_bert
 from test_train import _cfg, _write, full_and_resumed_agree, repeat_task
-from tolerance import f32_bound
+from tolerance import encoder_tol, f32_bound
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 PAIRS = [("What is the capital of France?", "Paris is the capital of France.", "It is Lyon."),
          ("Name a prime number.", "Seven is a prime number.", "Nine, which is also odd and small."),
@@ -111,3 +115,25 @@ def test_training_with_side_pairwise_resumes_bit_for_bit_and_scores_pointwise(ti
     assert all(s["tokens"] > p["tokens"] for s, p in zip(rows(tmp_path / "full"), rows(plain)))
     meta = json.loads((tmp_path / "full" / "best" / "adapter.json").read_text())
     assert meta["answer_words"] == ["yes", "no"]                      # the kept model scores pointwise
+    side_head_is_what_the_side_loss_trained(tmp_path / "full" / "best")
+
+
+def side_head_is_what_the_side_loss_trained(ckpt):
+    """bench/heads.py reads the kept model's pairwise head through a pairwise RewardModel on its encoder.
+    That must be the reading the side loss trained: training's own side rows (build_examples) through
+    training's four-word vocabulary, "0" minus "1" (columns 2 and 3), both orders averaged; and the
+    pointwise head the same rows' "yes" minus "no". The token counts are those rows' lengths."""
+    import heads as H
+    cfg, val, _, z_point, z_pair, tokens, _ = H.heads(ckpt)
+    enc = H.RewardModel.load(ckpt).enc
+    exs = build_examples(enc, cfg, val)                      # per pair: (chosen, rejected), then (ab, ba)
+    seqs = [e for ex in exs for e, _ in ex]
+    assert [y for ex in exs for _, y in ex] == [0, 1, AUX, AUX + 1] * len(val)
+    with torch.no_grad():
+        lg = mask_logits(enc, seqs, answer_vocab(enc, cfg, "cpu")).view(len(val), 4, 4)
+    ref_point = (lg[:, 0, 0] - lg[:, 0, 1]) - (lg[:, 1, 0] - lg[:, 1, 1])
+    ref_pair = ((lg[:, 2, 2] - lg[:, 2, 3]) - (lg[:, 3, 2] - lg[:, 3, 3])) / 2
+    torch.testing.assert_close(z_point[:len(val)], ref_point, **encoder_tol(enc, lg, sides=2))
+    torch.testing.assert_close(z_pair[:len(val)], ref_pair, **encoder_tol(enc, lg, sides=2))
+    assert tokens["pointwise"] * len(val) == sum(len(e.input_ids) for ex in exs for e, _ in ex[:2])
+    assert tokens["pairwise"] * len(val) == sum(len(e.input_ids) for ex in exs for e, _ in ex[2:])
