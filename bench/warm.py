@@ -1,7 +1,9 @@
-"""Weight averaging across runs (a model soup, WARM-style): the merged weights of several runs of one base
-model, averaged tensor by tensor, validated beside each run on the same held-out pairs and probes.
+"""Averaging across runs: a model soup (WARM-style), the merged weights of several runs of one base model
+averaged tensor by tensor, validated beside each run on the same held-out pairs and probes; or, with
+`--outputs`, an ensemble of the runs' verdicts.
 
     .venv/bin/python bench/warm.py runs/default-a runs/default-b --out bench/results/warm.md
+    .venv/bin/python bench/warm.py --outputs runs/a runs/b runs/c --out bench/results/ensemble.md
 
 Each run's kept checkpoint is merged first (as `tinyrm export --format hf` writes it): two seeds start
 their DoRA factors from different random A, so averaging A and B would average unrelated subspaces; the
@@ -12,11 +14,17 @@ makes this work when it does; the table says whether it does here.
 Every model is validated with the first run's recipe: its held-out pairs and its probes (generated with
 that run's seed), the raw reward (no length correction). A run's own row therefore repeats its recorded
 validation only when its seed is the first run's.
+
+`--outputs` averages verdicts instead: each run's kept model scores the pairs as the scorer would (its
+own prompt, its kept length correction), and an ensemble's log-odds that a beats b is the mean of its
+members' (nothing fitted). Every subset of k runs is validated, for k = 1 … n, so the table shows what
+averaging more draws buys. The runs must hold out the same pairs (the same files and `val_seed`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import shutil
 import sys
 import tempfile
@@ -32,7 +40,8 @@ from tinyrm.augment import probes as make_probes      # noqa: E402
 from tinyrm.export import export_model                # noqa: E402
 from tinyrm.mix import load_data                      # noqa: E402
 from tinyrm.recipe import load_run_config             # noqa: E402
-from tinyrm.validation import validate                # noqa: E402
+from tinyrm.scorer import RewardModel                 # noqa: E402
+from tinyrm.validation import metrics, probe_metrics, validate  # noqa: E402
 from tinyrm.weights import load_encoder               # noqa: E402
 
 def average(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -44,12 +53,15 @@ def average(files: list[Path]) -> dict[str, torch.Tensor]:
     return {k: (sum(s[k].double() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
 
 
+def _label(run: Path) -> str:
+    return run.name if (run / "config.json").is_file() else f"{run.parent.name}/{run.name}"
+
+
 def soup(runs: list[Path], work: Path) -> list[tuple[str, Path]]:
     """Export every run merged into `work`, write their average beside them: [(label, folder)]."""
     out = []
     for i, run in enumerate(runs):
-        label = run.name if (run / "config.json").is_file() else f"{run.parent.name}/{run.name}"
-        out.append((label, export_model(run, work / f"run{i}", "hf")))
+        out.append((_label(run), export_model(run, work / f"run{i}", "hf")))
     mix = work / "soup"
     mix.mkdir()
     save_file(average([d / "model.safetensors" for _, d in out]), str(mix / "model.safetensors"),
@@ -59,6 +71,40 @@ def soup(runs: list[Path], work: Path) -> list[tuple[str, Path]]:
     return out + [(f"average of {len(runs)}", mix)]
 
 
+def verdicts(runs: list[Path], rows) -> list[tuple[str, torch.Tensor]]:
+    """Each run's kept model on `rows` (PreferencePairs): [(label, z [N])], z the log-odds that the chosen
+    answer beats the rejected one, as the scorer gives it."""
+    out = []
+    for run in runs:
+        rm = RewardModel.load(run)
+        with torch.no_grad():
+            z = rm.compare_logits([p.prompt for p in rows], [p.chosen for p in rows], [p.rejected for p in rows],
+                                  [p.domain for p in rows])
+        out.append((_label(run), z.double()))
+    return out
+
+
+def ensembles(zs: list[torch.Tensor], val, probes, select: str) -> list[dict]:
+    """For k = 1 … n: every subset of k members, its mean log-odds validated -> one summary per k: the
+    subsets' count, their domain means (mean, min, max) and the means of their other figures."""
+    k_val, out = len(val), []
+    for k in range(1, len(zs) + 1):
+        ms = []
+        for members in itertools.combinations(range(len(zs)), k):
+            z = sum(zs[i] for i in members) / k
+            ms.append({**metrics(z[:k_val], val, select), **probe_metrics(z[k_val:], probes), "members": members})
+        keys = [x for x in ms[0] if isinstance(ms[0][x], float)]
+        out.append({"k": k, "subsets": len(ms), "min": min(m["val_score"] for m in ms),
+                    "max": max(m["val_score"] for m in ms), **{x: sum(m[x] for m in ms) / len(ms) for x in keys}})
+    return out
+
+
+def agreement(zs: list[torch.Tensor]) -> dict:
+    """The shares of pairs that every member gets right (z > 0) and that every member gets wrong."""
+    right = torch.stack([z > 0 for z in zs])                              # [members, pairs]
+    return {"all_right": right.all(0).double().mean().item(), "all_wrong": (~right).all(0).double().mean().item()}
+
+
 def row(label: str, v: dict) -> str:
     keys = ["val_len_balanced", "val_acc_chosen_longer", "val_acc_chosen_shorter",
             *(f"val_acc_{d}" for d in ("chat", "safety", "reasoning")), *(f"val_probe_{p}" for p in PROBES)]
@@ -66,10 +112,32 @@ def row(label: str, v: dict) -> str:
             + " | ".join(_f(v.get(k)) for k in keys) + " |")
 
 
+def averaged_outputs(runs: list[Path], val, probes, select: str) -> tuple[list[str], list[dict]]:
+    """--outputs: each member's row and the whole ensemble's, then the table of k = 1 … n."""
+    members = verdicts(runs, list(val) + list(probes))
+    k = len(val)
+    lines, records = [], []
+    for label, z in members + [(f"mean of {len(runs)} verdicts", sum(z for _, z in members) / len(members))]:
+        v = {**metrics(z[:k], val, select), **probe_metrics(z[k:], probes)}
+        lines.append(row(label, v))
+        records.append({"model": label, **v})
+    per_k = ensembles([z for _, z in members], val, probes, select)
+    lines += ["", "| members | subsets | domain mean: mean (min – max) | length-balanced | chat | safety | reasoning |",
+              "|---:|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['k']} | {r['subsets']} | {_f(r['val_score'])} ({_f(r['min'])} – {_f(r['max'])}) | "
+              f"{_f(r['val_len_balanced'])} | " + " | ".join(_f(r[f"val_acc_{d}"]) for d in ("chat", "safety", "reasoning"))
+              + " |" for r in per_k]
+    agree = agreement([z[:k] for _, z in members])
+    lines += ["", f"Held-out pairs every member gets right: {agree['all_right']:.3f}; every member gets wrong: "
+              f"{agree['all_wrong']:.3f}; split: {1 - agree['all_right'] - agree['all_wrong']:.3f}."]
+    return lines, records + [{"ensembles": per_k, **agree}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path,
                     help="run folders of one base model (their best/ is used) or checkpoint folders in them")
+    ap.add_argument("--outputs", action="store_true", help="average the runs' verdicts instead of their weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="write the Markdown table here and the figures as JSONL beside it")
     args = ap.parse_args()
@@ -83,13 +151,17 @@ def main() -> None:
     lines = ["| model | domain mean ± se | length-balanced | chosen longer | chosen shorter | chat | safety | "
              "reasoning | " + " | ".join(f"probe {p}" for p in PROBES) + " |", "|---|---|" + "---:|" * 9]
     records = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, folder in soup(args.runs, Path(tmp)):
-            with torch.no_grad():
-                v = validate(load_encoder(folder).eval(), cfg, val, probes=probes)
-            lines.append(row(label, v))
-            records.append({"model": label, **{k: x for k, x in v.items() if isinstance(x, (int, float))}})
-            print(lines[-1], flush=True)
+    if args.outputs:
+        more, records = averaged_outputs(args.runs, val, probes, cfg.select)
+        lines += more
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, folder in soup(args.runs, Path(tmp)):
+                with torch.no_grad():
+                    v = validate(load_encoder(folder).eval(), cfg, val, probes=probes)
+                lines.append(row(label, v))
+                records.append({"model": label, **{k: x for k, x in v.items() if isinstance(x, (int, float))}})
+                print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

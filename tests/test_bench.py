@@ -475,10 +475,41 @@ def test_warm_soup_is_the_mean_of_the_merged_weights(tmp_path, tiny_bert):
     with torch.no_grad():
         v1, v2 = (validate(load_encoder(d).eval(), cfg, val) for _, d in (same[0], same[2]))
     assert v1["val_score"] == v2["val_score"] and v1["val_loss"] == v2["val_loss"]
+    # --outputs: each run's verdicts are its kept model's, so one member alone validates as the run recorded
+    # its kept checkpoint; a member averaged with itself is that member
+    import json as _json
+    recorded = [_json.loads((r / "summary.json").read_text())["best_val_score"] for r in runs]
+    members = W.verdicts(runs, list(val))
+    per_k = W.ensembles([z for _, z in members], val, [], "domain_mean")
+    assert [m["val_score"] for m in per_k[:1]] == [sum(recorded) / 2]
+    assert W.ensembles([members[0][1]] * 2, val, [], "domain_mean")[1]["val_score"] == recorded[0]
     save_file({"x": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     save_file({"x": torch.zeros(3)}, str(tmp_path / "y.safetensors"))
     with pytest.raises(SystemExit, match="y.safetensors"):
         W.average([tmp_path / "x.safetensors", tmp_path / "y.safetensors"])
+
+
+def test_output_ensembles_by_hand():
+    """bench/warm.py --outputs: three members each wrong on a different chat pair (and one always wrong on
+    safety) -> alone 2/3 on chat; any two average to right wherever the other is confidently right, and
+    all three to right on every chat pair. Hand-computed per subset, and which pairs are unanimous."""
+    import warm as W
+    from tinyrm.data import PreferencePair as P
+
+    val = [P(f"q{i}", "a", "b", d, "t") for i, d in enumerate(["chat"] * 3 + ["safety"] * 2)]
+    zs = [torch.tensor(z, dtype=torch.float64) for z in ([-1.0, 2.0, 2.0, 1.0, 1.0],
+                                                         [2.0, -1.0, 2.0, 1.0, 1.0],
+                                                         [2.0, 2.0, -1.0, -3.0, 1.0])]
+    one, two, three = W.ensembles(zs, val, [], "domain_mean")
+    assert (one["subsets"], two["subsets"], three["subsets"]) == (3, 3, 1)
+    # alone: chat 2/3 each; safety 1, 1, 1/2
+    assert one["val_acc_chat"] == pytest.approx(2 / 3) and one["val_acc_safety"] == pytest.approx(5 / 6)
+    assert one["min"] == pytest.approx((2 / 3 + 1 / 2) / 2) and one["max"] == pytest.approx((2 / 3 + 1) / 2)
+    # pairs: chat means (0.5, 0.5, 2), (0.5, 2, 0.5), (2, 0.5, 0.5): all right; safety with member 3: (−1, 1)
+    assert two["val_acc_chat"] == 1.0 and two["val_acc_safety"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert three["val_score"] == pytest.approx((1.0 + 0.5) / 2)     # safety pair 0: (1 + 1 − 3) / 3 < 0
+    assert W.agreement(zs) == {"all_right": 1 / 5, "all_wrong": 0.0}   # only safety pair 1 is unanimous
+    assert W.agreement([-z for z in zs]) == {"all_right": 0.0, "all_wrong": 1 / 5}
 
 
 def test_forms_crossfit_halves_by_domain_and_scores_held_out():
