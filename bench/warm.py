@@ -105,6 +105,35 @@ def agreement(zs: list[torch.Tensor]) -> dict:
     return {"all_right": right.all(0).double().mean().item(), "all_wrong": (~right).all(0).double().mean().item()}
 
 
+def groups(val) -> dict[str, list[bool]]:
+    """Held-out pairs by domain and length side (is the chosen answer the longer one?), then by source file
+    (RMB's sources to their first level: rmb/Helpfulness, rmb/Harmlessness)."""
+    out = {"all": [True] * len(val)}
+    for d in sorted({p.domain or "none" for p in val}):
+        for side, longer in (("chosen longer", True), ("chosen shorter", False)):
+            out[f"{d}, {side}"] = [(p.domain or "none") == d and (len(p.chosen) > len(p.rejected)) == longer
+                                   and len(p.chosen) != len(p.rejected) for p in val]
+    top = lambda src: "/".join(src.split("/")[:2])
+    for src in sorted({top(p.source) for p in val if p.source}):
+        out[src] = [bool(p.source) and top(p.source) == src for p in val]
+    return out
+
+
+def agreement_table(zs: list[torch.Tensor], val) -> tuple[list[str], dict]:
+    """agreement() over each group of pairs: Markdown lines and {group: {n, all_right, all_wrong}}."""
+    lines = ["| held-out pairs | n | every member right | every member wrong | split |", "|---|---:|---:|---:|---:|"]
+    out = {}
+    for name, keep in groups(val).items():
+        idx = torch.tensor(keep, dtype=torch.bool)
+        if not idx.any():
+            continue
+        a = agreement([z[idx] for z in zs])
+        out[name] = {"n": int(idx.sum()), **a}
+        lines.append(f"| {name} | {out[name]['n']} | {a['all_right']:.3f} | {a['all_wrong']:.3f} | "
+                     f"{1 - a['all_right'] - a['all_wrong']:.3f} |")
+    return lines, out
+
+
 def row(label: str, v: dict) -> str:
     keys = ["val_len_balanced", "val_acc_chosen_longer", "val_acc_chosen_shorter",
             *(f"val_acc_{d}" for d in ("chat", "safety", "reasoning")), *(f"val_probe_{p}" for p in PROBES)]
@@ -127,10 +156,8 @@ def averaged_outputs(runs: list[Path], val, probes, select: str) -> tuple[list[s
     lines += [f"| {r['k']} | {r['subsets']} | {_f(r['val_score'])} ({_f(r['min'])} – {_f(r['max'])}) | "
               f"{_f(r['val_len_balanced'])} | " + " | ".join(_f(r[f"val_acc_{d}"]) for d in ("chat", "safety", "reasoning"))
               + " |" for r in per_k]
-    agree = agreement([z[:k] for _, z in members])
-    lines += ["", f"Held-out pairs every member gets right: {agree['all_right']:.3f}; every member gets wrong: "
-              f"{agree['all_wrong']:.3f}; split: {1 - agree['all_right'] - agree['all_wrong']:.3f}."]
-    return lines, records + [{"ensembles": per_k, **agree}]
+    more, agree = agreement_table([z[:k] for _, z in members], val)
+    return lines + [""] + more, records + [{"ensembles": per_k, "agreement": agree}]
 
 
 def main() -> None:

@@ -510,6 +510,14 @@ def test_output_ensembles_by_hand():
     assert three["val_score"] == pytest.approx((1.0 + 0.5) / 2)     # safety pair 0: (1 + 1 − 3) / 3 < 0
     assert W.agreement(zs) == {"all_right": 1 / 5, "all_wrong": 0.0}   # only safety pair 1 is unanimous
     assert W.agreement([-z for z in zs]) == {"all_right": 0.0, "all_wrong": 1 / 5}
+    # by group: chat longer / shorter / equal (in no side), safety longer / shorter; sources t, t, t, u/x/3, u/x/4
+    texts = [("aa", "b"), ("a", "bb"), ("a", "b"), ("aa", "b"), ("a", "bb")]
+    val2 = [P(f"q{i}", c, r, p.domain, "t" if i < 3 else f"u/x/{i}") for i, ((c, r), p) in enumerate(zip(texts, val))]
+    _, by = W.agreement_table([-z for z in zs], val2)                   # only safety pair 4 is wrong for all
+    assert by["all"] == {"n": 5, "all_right": 0.0, "all_wrong": 1 / 5}
+    assert by["safety, chosen shorter"] == {"n": 1, "all_right": 0.0, "all_wrong": 1.0}
+    assert by["safety, chosen longer"]["all_wrong"] == 0.0 and by["chat, chosen longer"]["n"] == 1
+    assert by["u/x"] == {"n": 2, "all_right": 0.0, "all_wrong": 0.5} and by["t"]["all_wrong"] == 0.0
 
 
 def test_forms_crossfit_halves_by_domain_and_scores_held_out():
