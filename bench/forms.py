@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from trials import _f                                  # the decision tables' number format
+from trials import _f, publish                  # the decision tables' number format, their output
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinyrm.augment import probes as make_probes      # noqa: E402
@@ -137,10 +137,7 @@ def main() -> None:
                  + " | " + " / ".join(f"{avg[p]['flips']:.2f}" for p in CHOSEN) + " |")
     text = ("Cross-fitted domain mean (length-balanced) of each reward-form policy; "
             f"{args.halvings} stratified halvings, both ways.\n\n" + "\n".join(lines) + "\n")
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-        args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records + [{"mean": avg}]))
+    publish(text, records + [{"mean": avg}], args.out)
 
 
 if __name__ == "__main__":

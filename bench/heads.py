@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from forms import halvings
-from trials import PROBES, _f
+from trials import PROBES, _f, publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinyrm.augment import probes as make_probes      # noqa: E402
@@ -108,10 +108,7 @@ def main() -> None:
               f"pairwise {rec['pairwise']['val_score']:.4f}, sum {rec['sum']['val_score']:.4f}; "
               f"λ picked {cf['lambdas']}", flush=True)
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-        args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    publish(text, records, args.out)
 
 
 if __name__ == "__main__":

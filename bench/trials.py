@@ -60,6 +60,15 @@ def _f(x, se=None) -> str:
     return f"{x:.3f}" + (f" ± {se:.3f}" if se is not None else "")
 
 
+def publish(text: str, records: list[dict], out: Path | None) -> None:
+    """A measurement's result: the Markdown table printed, and with `out` written there with its figures
+    as JSON Lines beside it (out.jsonl)."""
+    print(text)
+    if out:
+        out.write_text(text)
+        out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 def table(runs: list[Path]) -> tuple[str, list[tuple[str, list[tuple[int, float]]]]]:
     head = ("| run | weights | kept | domain mean ± se | length-balanced | chosen longer | chosen shorter | "
             "chat | safety | reasoning | " + " | ".join(f"probe {p}" for p in PROBES) + " |")

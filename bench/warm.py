@@ -23,7 +23,6 @@ averaging more draws buys. The runs must hold out the same pairs (the same files
 from __future__ import annotations
 
 import argparse
-import json
 import itertools
 import shutil
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trials import PROBES, _f                          # the decision table's probe kinds and number format
+from trials import PROBES, _f, publish      # the decision tables' probe kinds, number format and output
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinyrm.augment import probes as make_probes      # noqa: E402
@@ -190,10 +189,7 @@ def main() -> None:
                 records.append({"model": label, **{k: x for k, x in v.items() if isinstance(x, (int, float))}})
                 print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-        args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    publish(text, records, args.out)
 
 
 if __name__ == "__main__":
