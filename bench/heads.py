@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from forms import halvings
-from trials import PROBES, _f, publish
+from trials import PROBES, _f, publish, validations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinyrm.augment import probes as make_probes      # noqa: E402
@@ -51,8 +51,7 @@ def heads(ckpt: Path):
                  for p in val for a, b in ((p.chosen, p.rejected), (p.rejected, p.chosen)))
     tokens = {"pointwise": n_point / k, "pairwise": n_pair / k, "sum": (n_point + n_pair) / k}
     step = json.loads((ckpt / "adapter.json").read_text())["step"]
-    rec = next(json.loads(x) for x in (ckpt.parent / "metrics.jsonl").read_text().splitlines()
-               if '"val_score"' in x and json.loads(x)["step"] == step)
+    rec = next(r for r in validations(ckpt.parent) if r["step"] == step)
     return cfg, val, rows, z_point, z_pair, tokens, rec.get("kept_val_score", rec["val_score"])
 
 

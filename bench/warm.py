@@ -91,7 +91,7 @@ def ensembles(zs: list[torch.Tensor], val, probes, select: str) -> list[dict]:
         ms = []
         for members in itertools.combinations(range(len(zs)), k):
             z = sum(zs[i] for i in members) / k
-            ms.append({**metrics(z[:k_val], val, select), **probe_metrics(z[k_val:], probes), "members": members})
+            ms.append({**metrics(z[:k_val], val, select), **probe_metrics(z[k_val:], probes)})
         keys = [x for x in ms[0] if isinstance(ms[0][x], float)]
         out.append({"k": k, "subsets": len(ms), "min": min(m["val_score"] for m in ms),
                     "max": max(m["val_score"] for m in ms), **{x: sum(m[x] for m in ms) / len(ms) for x in keys}})

@@ -520,6 +520,22 @@ def test_output_ensembles_by_hand():
     assert by["u/x"] == {"n": 2, "all_right": 0.0, "all_wrong": 0.5} and by["t"]["all_wrong"] == 0.0
 
 
+def test_heads_crossfit_picks_the_weight_on_one_half_and_scores_the_other():
+    """bench/heads.py: the pointwise head right on chat and wrong on safety (−1), the pairwise head silent
+    on chat and right on safety (+1). λ = 0, 0.25, 0.5 leave safety wrong and λ = 1 ties it (wrong), so
+    every half picks λ = 2, the first weight that makes safety right, and holds out at 1.0."""
+    import heads as H
+    from tinyrm.data import PreferencePair as P
+
+    val = [P(f"q{i}", "a", "b", d, "t") for i, d in enumerate(["chat"] * 4 + ["safety"] * 4)]
+    z_point = torch.tensor([1.0] * 4 + [-1.0] * 4, dtype=torch.float64)
+    z_pair = torch.tensor([0.0] * 4 + [1.0] * 4, dtype=torch.float64)
+    cf = H.crossfit(z_point, z_pair, val, 5, "domain_mean")
+    assert cf["val_score"] == pytest.approx(1.0) and cf["lambdas"]["2.0"] == 1.0
+    flipped = H.crossfit(z_point, -z_pair, val, 5, "domain_mean")          # the pairwise head only hurts
+    assert flipped["lambdas"]["0.0"] == 1.0 and flipped["val_score"] == pytest.approx(0.5)
+
+
 def test_forms_crossfit_halves_by_domain_and_scores_held_out():
     """bench/forms.py: halvings split each domain in two disjoint halves; a policy chosen on one half is
     scored on the other. Chat is right raw and wrong corrected on every pair, safety the reverse, so
