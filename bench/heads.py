@@ -42,8 +42,7 @@ def heads(ckpt: Path):
     point = RewardModel.load(ckpt, mode=cfg.mode, prefix=cfg.prefix, max_len=cfg.max_len)
     pair = RewardModel(point.enc, "pairwise", cfg.prefix, cfg.max_len)  # the side head: training_clozes' second
     args = ([p.prompt for p in rows], [p.chosen for p in rows], [p.rejected for p in rows], [p.domain for p in rows])
-    with torch.no_grad():
-        z_point, z_pair = point.compare_logits(*args), pair.compare_logits(*args)
+    z_point, z_pair = point.compare_logits(*args), pair.compare_logits(*args)   # inference mode inside
     k = len(val)
     n_point = sum(len(point.cloze.pointwise(p.prompt, r, p.domain).input_ids)
                   for p in val for r in (p.chosen, p.rejected))

@@ -76,9 +76,8 @@ def verdicts(runs: list[Path], rows) -> list[tuple[str, torch.Tensor]]:
     out = []
     for run in runs:
         rm = RewardModel.load(run)
-        with torch.no_grad():
-            z = rm.compare_logits([p.prompt for p in rows], [p.chosen for p in rows], [p.rejected for p in rows],
-                                  [p.domain for p in rows])
+        z = rm.compare_logits([p.prompt for p in rows], [p.chosen for p in rows], [p.rejected for p in rows],
+                              [p.domain for p in rows])
         out.append((_label(run), z.double()))
     return out
 

@@ -14,7 +14,7 @@ from tinyrm.errors import RecipeError
 from tinyrm.objective import AUX, step_loss, with_pairwise
 from tinyrm.prompts import Cloze
 from tinyrm.recipe import load_recipe
-from tinyrm.scorer import mask_logits
+from tinyrm.scorer import RewardModel, mask_logits
 from tinyrm.train import answer_vocab, build_examples, train
 from tinyrm.weights import load_encoder
 from conftest import write_tiny_bert
@@ -125,7 +125,7 @@ def side_head_is_what_the_side_loss_trained(ckpt):
     pointwise head the same rows' "yes" minus "no". The token counts are those rows' lengths."""
     import heads as H
     cfg, val, _, z_point, z_pair, tokens, _ = H.heads(ckpt)
-    enc = H.RewardModel.load(ckpt).enc
+    enc = RewardModel.load(ckpt).enc
     exs = build_examples(enc, cfg, val)                      # per pair: (chosen, rejected), then (ab, ba)
     seqs = [e for ex in exs for e, _ in ex]
     assert [y for ex in exs for _, y in ex] == [0, 1, AUX, AUX + 1] * len(val)
