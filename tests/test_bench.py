@@ -556,3 +556,4 @@ def test_forms_crossfit_halves_by_domain_and_scores_held_out():
     assert cf["half"]["val_score"] == 0.0 and cf["blend"]["val_score"] == pytest.approx(1.0)
     # "global": raw and corrected tie at 0.5 on every half, and a tie goes to the corrected reward
     assert cf["global"]["val_score"] == pytest.approx(0.5) and cf["global"]["flips"] == 0.0
+

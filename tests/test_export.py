@@ -135,7 +135,7 @@ def test_hf_minilm_loads_in_transformers_and_scores_as_tinyrm(tmp_path, minilm_r
                                                        "tinyrm.json", "tokenizer.json"]
     info = json.loads((out / "tinyrm.json").read_text())
     assert info == {"format": "tinyrm-model", "version": 1, "mode": "pointwise", "prefix": "domain",
-                    "max_len": 512, "answer_words": ["yes", "no"], "length_slopes": SLOPES,
+                    "max_len": 512, "answer_words": ["yes", "no"], "length_slopes": SLOPES, "relevance": None,
                     "base": json.loads((minilm_run / "best" / "adapter.json").read_text())["base"]}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["BertForMaskedLM"] and cfg["tie_word_embeddings"] is True

@@ -81,9 +81,10 @@ def _drop(folder: Path) -> None:
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap the finished folder `tmp` in as `final`: final -> final.old, tmp -> final, drop final.old.
     A kill between the two renames leaves final.old for the reader to fall back on."""
-    for f in tmp.iterdir():
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):              # an export's relevance-encoder/ holds files too
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
     old = final.with_name(final.name + ".old")
     if final.exists():
         _drop(old)

@@ -6,7 +6,8 @@
 hf: config.json (BertForMaskedLM / ModernBertForMaskedLM), model.safetensors under transformers' key
 names with every adapter folded in (DoRALinear's merged weight; a head tinyrm built for a checkpoint
 without one goes out as `cls.predictions.*`), tokenizer.json, tinyrm.json (what a scorer needs: mode,
-prefix, max_len, answer words, length slopes, base) and README.md. AutoModelForMaskedLM loads it alone.
+prefix, max_len, answer words, length slopes, relevance floor, base) and README.md. AutoModelForMaskedLM loads
+it alone. A model with a relevance floor also carries the plain base encoder in relevance-encoder/.
 
 peft: adapter_config.json + adapter_model.safetensors for peft.PeftModel.from_pretrained on the base
 (tinyrm.json's "base"), plus tinyrm.json and README.md. PEFT cannot carry a trained base weight inside a
@@ -31,6 +32,8 @@ from .config import read_json
 from .dora import ADAPTER_PARAMS, adapted_modules
 from .errors import CheckpointError
 from .prompts import Cloze
+from .relevance import load as load_relevance
+from .scorer import RELEVANCE_ENCODER
 from .tokens import PAIRWISE_WORDS, POINTWISE_WORDS
 from .weights import load_encoder
 
@@ -74,12 +77,13 @@ def load_run(path: str | os.PathLike):
         raise CheckpointError(f"{ckpt / 'adapter.json'}: key 'train.mode' is {mode!r}, not pairwise/pointwise")
     try:
         slopes = load_slopes(ckpt) if mode == "pointwise" else None
+        relevance = load_relevance(ckpt) if mode == "pointwise" else None
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     words = meta.get("answer_words") or list(PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS)
     info = {"format": "tinyrm-model", "version": 1, "mode": mode, "prefix": train.get("prefix", "domain"),
             "max_len": int(train.get("max_len", 512)), "answer_words": list(words), "length_slopes": slopes,
-            "base": str(base)}
+            "relevance": relevance, "base": str(base)}
     return enc.eval(), info, list(side.get("trainable_base", []))
 
 
@@ -213,6 +217,11 @@ def _readme(enc, info: dict, fmt: str) -> str:
     if info["length_slopes"]:
         use += (' Then subtract length_slopes[domain] ("*" without one) * log(1 + characters of the response), '
                 "slopes in tinyrm.json.")
+    if info.get("relevance"):
+        use += (" Then add weights[domain] * min(0, c - floors[domain]) from tinyrm.json's \"relevance\", where c is "
+                "the cosine between the mean-pooled last hidden states of the plain base encoder "
+                + (f"({RELEVANCE_ENCODER}/ in this folder) " if fmt == "hf" else "")
+                + "over [CLS] prompt [SEP] and [CLS] response [SEP], each cut to max_len tokens.")
     return (f"# tinyrm reward model ({info['mode']}, exported as {fmt})\n\n{load}\n"
             f"Prompt (token_type_ids 1 after the first [SEP]; tinyrm/prompts.py builds it piece by piece and "
             f"truncates it to {cz.max_len} tokens):\n\n    {TEMPLATES[info['mode']]}\n\nprefix: {prefix}\n\n{use}\n")
@@ -241,6 +250,11 @@ def export_hf(enc, out: str | os.PathLike, info: dict) -> Path:
         shutil.copy(Path(enc.source) / "tokenizer.json", d / "tokenizer.json")
         (d / INFO).write_text(json.dumps(info, indent=2) + "\n")
         (d / "README.md").write_text(_readme(enc, info, "hf"))
+        if info.get("relevance"):     # the floor reads the plain base, which the merged weights no longer are
+            (d / RELEVANCE_ENCODER).mkdir()
+            for f in Path(enc.source).iterdir():
+                if f.name in ("config.json", "tokenizer.json") or f.name.endswith((".safetensors", ".safetensors.index.json")):
+                    shutil.copy(f, d / RELEVANCE_ENCODER / f.name)
     return _write_folder(Path(out), write)
 
 

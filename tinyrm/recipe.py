@@ -80,6 +80,11 @@ class TrainConfig:
                                         # correction per domain ("blend"; validation.SHARES)
     length_expert: bool = False         # pointwise: train with a per-domain length term in the pair logit,
                                         # which the scorer leaves out (calibrate.LengthExpert)
+    relevance_floor: float = 0.0        # pointwise, >0: after training, fit a floor on the base encoder's
+                                        # prompt-response cosine at this quantile of the chosen answers', and
+                                        # a per-domain weight for falling below it (relevance.py), on
+    relevance_fit_pairs: int = 300      # this many training pairs per domain
+    relevance_fit_made: int = 100       # and relevance pairs made from that many of them (another prompt's answer)
     aug_style: float = 0.0              # add this fraction of style pairs (augment.py: one side dressed up in
     aug_relevance: float = 0.0          # markdown and padding), off-topic answers of the same domain, and
     aug_shuffle: float = 0.0            # sentence-shuffled answers; labels never follow the style
@@ -143,11 +148,11 @@ def _entry_types(r: dict, where: str) -> None:
 
 # the allowed values of each field that has limits beyond its type; anything else only needs its type
 _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "save_every", "val_max_pairs",
-             "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip"}
+             "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip", "relevance_fit_pairs"}
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
                  "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight", "train_pairs",
-                 "pairwise_weight"}
-_FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from"}           # in [0, 1)
+                 "pairwise_weight", "relevance_fit_made"}
+_FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from", "relevance_floor"}   # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
             "length_choice": ("domain", "global", "blend")}
 

@@ -25,8 +25,12 @@ from .dora import merge_all
 from .encoder import Encoder, packed_from_lists
 from .errors import CheckpointError, TinyrmError
 from .prompts import Cloze
+from .relevance import SentenceEmbedder, load as load_relevance, term as relevance_term
 from .rank import rank as rank_candidates, reward_func
 from .weights import load_encoder
+
+
+RELEVANCE_ENCODER = "relevance-encoder"   # an export's copy of the plain base, for the relevance floor
 
 
 def mask_logits(enc: Encoder, examples, vocab_ids: torch.Tensor) -> torch.Tensor:
@@ -88,6 +92,9 @@ class RewardModel:
         self.max_tokens, self.progress = max_tokens or default_max_tokens(enc), progress
         # pointwise only: per-domain slopes of reward on log length to remove (calibrate.py); None = raw
         self.length_slopes: dict[str, float] | None = None
+        # pointwise only: a relevance floor (relevance.py) and the plain base encoder it reads; None = none
+        self.relevance: dict | None = None
+        self.embedder: SentenceEmbedder | None = None
         self.device = next(enc.parameters()).device
 
     # ---- loading ----
@@ -113,6 +120,9 @@ class RewardModel:
             opts = {k: s[k] for k in ("mode", "prefix", "max_len") if k in s}
             rm = cls(load_encoder(path, dtype=dtype, device=device), **{**opts, **kw})
             rm.length_slopes = s.get("length_slopes") if rm.mode == "pointwise" else None
+            if rm.mode == "pointwise" and s.get("relevance"):   # the base encoder travels in a subfolder
+                rm.relevance = s["relevance"]
+                rm.embedder = SentenceEmbedder(path / RELEVANCE_ENCODER, s["relevance"]["max_len"], device=rm.device)
             return rm
         return cls(load_encoder(path, dtype=dtype, device=device), **kw)
 
@@ -132,6 +142,12 @@ class RewardModel:
         opts = {k: train[k] for k in ("mode", "prefix", "max_len") if k in train}
         rm = cls(enc, **{**opts, **kw})
         rm.length_slopes = load_slopes(ckpt) if rm.mode == "pointwise" else None
+        try:
+            rm.relevance = load_relevance(ckpt) if rm.mode == "pointwise" else None
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        if rm.relevance:
+            rm.embedder = SentenceEmbedder(base, rm.relevance["max_len"], device=rm.device)
         return rm
 
     # ---- batched inference ----
@@ -163,7 +179,9 @@ class RewardModel:
     def score(self, prompts, responses, domains=None) -> list[float]:
         """Pointwise rewards logit('yes') − logit('no'), one per (prompt, response), prompted with each
         domain's prefix where the model has one; minus slope · log(1 + characters) when the model carries
-        a length correction (the slope of the given domain, or the pooled one "*" without a domain)."""
+        a length correction (the slope of the given domain, or the pooled one "*" without a domain); plus
+        β · min(0, cos(prompt, response) − τ) when it carries a relevance floor (relevance.py; the same
+        choice of domain)."""
         if self.mode != "pointwise":
             raise TinyrmError("score() needs a pointwise model; a pairwise model only compares (use compare())")
         if domains is not None and len(domains) != len(prompts):
@@ -172,6 +190,8 @@ class RewardModel:
         r = self._logits([self.cloze.pointwise(q, r, d) for q, r, d in zip(prompts, responses, doms, strict=True)])
         if self.length_slopes:
             r = r - length_term(self.length_slopes, responses, domains).float()
+        if self.relevance:       # + β_d·min(0, cos(prompt, response) − τ_d): only below the floor
+            r = r + relevance_term(self.relevance, self.embedder.cosines(prompts, responses), domains).float()
         return r.tolist()
 
     def compare_outputs(self, prompts, responses_a, responses_b, domains=None) -> tuple[torch.Tensor, torch.Tensor]:

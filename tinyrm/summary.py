@@ -23,6 +23,7 @@ def finish(run) -> dict:
                "length_correction_applied": bool(best.get("length_corrected")),
                **({"length_shares": best["length_shares"]} if best.get("length_shares") else {}),
                **({"length_expert": run.expert.values()} if run.expert else {}),
+               **({"relevance": best["relevance"]} if best.get("relevance") else {}),
                "select": cfg.select, "best_step": best["step"], "steps": len(run.steps),
                "train_pairs": len(run.train_pairs), "val_pairs": len(run.val), "seconds": time.time() - run.t0,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "processes": dp.world()}

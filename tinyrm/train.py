@@ -40,6 +40,7 @@ from .optim import make_optimizer
 from .precision import autocast_for
 from .prompts import Cloze
 from .recipe import TrainConfig, check_files, needed_files
+from .relevance_fit import after_training
 from .scorer import pick_device
 from .summary import finish
 from .validation import for_inference, val_domains, validate_run
@@ -130,8 +131,9 @@ class Run:
 def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     """Check the inputs, build the model, data, step plan and optimiser; the run folder is made only
     once all of that worked, so a bad input leaves nothing behind."""
-    if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct):
-        raise RecipeError("length_expert and length_correct are for pointwise models; this recipe is pairwise")
+    if cfg.mode != "pointwise" and (cfg.length_expert or cfg.length_correct or cfg.relevance_floor > 0):
+        raise RecipeError("length_expert, length_correct and relevance_floor are for pointwise models; "
+                          "this recipe is pairwise")
     if cfg.mode != "pointwise" and cfg.pairwise_weight > 0:
         raise RecipeError("pairwise_weight adds a pairwise loss beside a pointwise one; this recipe is pairwise")
     check_files(needed_files(cfg))
@@ -290,5 +292,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, stop_after: int |
     if run.start == 0 and run.val and cfg.eval_untrained:
         dp.on_main(lambda: tqdm.write(f"step 0 (untrained cloze): val_score {validate_and_keep(run, 0)[1]:.4f}"))
     loop(run, stop_after)
+    if cfg.relevance_floor > 0 and run.best["step"] >= 0 and (stop_after is None or stop_after >= len(run.steps)):
+        dp.on_main(after_training, run)       # after the last step, on the kept checkpoint (relevance_fit.py)
     return finish(run)
 
