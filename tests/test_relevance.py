@@ -18,7 +18,7 @@ from tinyrm.errors import CheckpointError
 from tinyrm.export import export_model
 from tinyrm.scorer import RewardModel
 from test_train import tiny_bert  # noqa: F401  (the fixture)
-from tolerance import encoder_tol, reward_bound
+from tolerance import U32, encoder_tol, reward_bound
 
 TEXTS = ["How do I boil an egg?", "Put the egg in boiling water for nine minutes, then cool it.",
          "The capital of France is Paris. " * 6, "x"]
@@ -118,7 +118,8 @@ def test_scorer_adds_the_floor_as_computed_from_the_reference_embedding(floored_
     # cos of two unit vectors, each off by the bound above: ≤ 2·√H·max(bound); times the largest weight
     cos_tol = 2 * math.sqrt(ref.shape[1]) * (2 * math.sqrt(ref.shape[1]) * encoder_tol(
         rm.embedder.enc, hidden)["atol"] / norms).max().item()
-    assert (got - want).abs().max().item() <= 12.0 * cos_tol + 1e-6
+    add = 2 * U32 * (plain.abs() + (want - plain).abs())             # the float32 sum r + term, and the term
+    assert ((got - want).abs() <= 12.0 * cos_tol + add).all()
 
 
 def test_a_bad_relevance_file_is_named_and_the_export_carries_the_plain_base(floored_run, tmp_path):

@@ -51,6 +51,11 @@ def _train(args) -> int:
         print(f"length correction at that step ({what}): raw reward {s['raw_val_score']:.4f}, "
               f"length-corrected {s['corrected_val_score']:.4f}"
               + (f"; share kept per domain: {shares}" if shares else ""))
+    if s.get("relevance"):
+        r = s["relevance"]
+        probe = f", relevance probe {r['val_probe_relevance']:.2f}" if "val_probe_relevance" in r else ""
+        print(f"relevance floor (the scorer applies it): validation with it {r['val_score']:.4f}{probe}; "
+              "weights " + ", ".join(f"{d} {w:.1f}" for d, w in r["weights"].items()))
     from .plot import plot_run
     try:
         print(f"training curves: {plot_run(s['run_dir'])}")
