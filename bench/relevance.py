@@ -76,7 +76,8 @@ def measure(run: Path, emb_for, per_domain: int, relevance: int, uniform=(), flo
     rec = next(r for r in validations(run) if r["step"] == step)
     cloze = sum(len(rm.cloze.pointwise(p.prompt, r, p.domain).input_ids) for p in val for r in (p.chosen, p.rejected))
     extra = sum(len(emb.ids(t)) for p in val for t in (p.prompt, p.chosen, p.rejected))
-    return {"run": run.name, "beta": beta, "floor": tau, "recorded_kept_val_score": rec.get("kept_val_score", rec["val_score"]),
+    return {"run": run.name, "beta": beta, "floor": tau,
+            "recorded_kept_val_score": rec.get("kept_val_score", rec["val_score"]),
             "tokens_per_pair": {"reward": cloze / k, "relevance": extra / k},
             "term_alone_val": metrics(s[:k], val, cfg.select)["val_score"],
             "without": {**metrics(z[:k], val, cfg.select), **probe_metrics(z[k:], rows[k:])},

@@ -1,7 +1,7 @@
-"""The relevance floor (tinyrm/relevance.py, relevance_fit.py): the sentence embedding against transformers' BertModel in
-float64, β against a brute-force likelihood, the fit rows, the term the scorer adds (by hand from the
-reference embedding), a stored file's errors, the hf export that carries the plain base, and a training
-run that fits, stores and validates it."""
+"""The relevance floor (tinyrm/relevance.py, relevance_fit.py): the sentence embedding against
+transformers' BertModel in float64, β against a brute-force likelihood, the fit rows, the term the
+scorer adds (by hand from the reference embedding), a stored file's errors, the hf export that carries
+the plain base, and a training run that fits, stores and validates it."""
 from __future__ import annotations
 
 import json

@@ -218,8 +218,8 @@ def _readme(enc, info: dict, fmt: str) -> str:
         use += (' Then subtract length_slopes[domain] ("*" without one) * log(1 + characters of the response), '
                 "slopes in tinyrm.json.")
     if info.get("relevance"):
-        use += (" Then add weights[domain] * min(0, c - floors[domain]) from tinyrm.json's \"relevance\", where c is "
-                "the cosine between the mean-pooled last hidden states of the plain base encoder "
+        use += (" Then add weights[domain] * min(0, c - floors[domain]) from tinyrm.json's \"relevance\", "
+                "where c is the cosine between the mean-pooled last hidden states of the plain base encoder "
                 + (f"({RELEVANCE_ENCODER}/ in this folder) " if fmt == "hf" else "")
                 + "over [CLS] prompt [SEP] and [CLS] response [SEP], each cut to max_len tokens.")
     return (f"# tinyrm reward model ({info['mode']}, exported as {fmt})\n\n{load}\n"
@@ -253,7 +253,7 @@ def export_hf(enc, out: str | os.PathLike, info: dict) -> Path:
         if info.get("relevance"):     # the floor reads the plain base, which the merged weights no longer are
             (d / RELEVANCE_ENCODER).mkdir()
             for f in Path(enc.source).iterdir():
-                if f.name in ("config.json", "tokenizer.json") or f.name.endswith((".safetensors", ".safetensors.index.json")):
+                if f.name in ("config.json", "tokenizer.json") or f.name.endswith((".safetensors", ".index.json")):
                     shutil.copy(f, d / RELEVANCE_ENCODER / f.name)
     return _write_folder(Path(out), write)
 

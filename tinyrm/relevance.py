@@ -12,8 +12,9 @@ length; docs/decisions.md 1.37), and one below it pays β_d per unit it falls sh
 After training, on the kept checkpoint, τ_d and β_d are fitted on TRAINING rows only (never validation,
 never RewardBench; relevance_fit.py): per domain, `relevance_fit_pairs` preference pairs and relevance
 pairs made from `relevance_fit_made` of them (a prompt's chosen answer against another prompt's,
-augment.py). τ_d is the `relevance_floor` quantile of cos(prompt, chosen) over those preference pairs; β_d ≥ 0 maximises the likelihood of σ(Δr + β_d·Δf) over
-all of the domain's rows, Δr the kept reward's difference. "*" is fitted over every row, for a caller
+augment.py). τ_d is the `relevance_floor` quantile of cos(prompt, chosen) over those preference pairs;
+β_d ≥ 0 maximises the likelihood of σ(Δr + β_d·Δf) over all of the domain's rows, Δr the kept reward's
+difference. "*" is fitted over every row, for a caller
 without a domain. The result is stored beside the checkpoint (FILE) and the scorer adds the term.
 """
 from __future__ import annotations
@@ -91,4 +92,3 @@ def load(folder: str | Path) -> dict | None:
     if "*" not in out["weights"] or set(out["weights"]) != set(out["floors"]):
         raise ValueError(f"{f}: 'floors' and 'weights' must name the same domains, '*' among them")
     return out
-
