@@ -27,7 +27,8 @@ from tinyrm.augment import probes as make_probes         # noqa: E402
 from tinyrm.mix import load_data                         # noqa: E402
 from tinyrm.recipe import load_run_config                # noqa: E402
 from tinyrm.relevance import SentenceEmbedder, shortfall                 # noqa: E402
-from tinyrm.relevance_fit import DOMAIN_ORDER, MADE, attach_to_run, fit_beta, fit_rows  # noqa: E402
+from tinyrm.relevance_fit import DOMAIN_ORDER, attach_to_run, fit_beta, fit_rows  # noqa: E402
+from tinyrm.relevance_fit import fit as fit_floor                              # noqa: E402
 from tinyrm.scorer import RewardModel                    # noqa: E402
 from tinyrm.validation import metrics, probe_metrics     # noqa: E402
 
@@ -59,16 +60,16 @@ def measure(run: Path, emb_for, per_domain: int, relevance: int, uniform=(), flo
     def z_of(rs):
         return rm.compare_logits([p.prompt for p in rs], [p.chosen for p in rs], [p.rejected for p in rs],
                                  [p.domain for p in rs])
-    (cc, cr), tau = cosines(emb, fit), None
-    if floor_q is not None:   # per domain: the floor_q quantile of cos(prompt, chosen) over the preference pairs
-        tau = {d: torch.quantile(cc[[p.domain == d and not p.source.startswith(MADE) for p in fit]],
-                                 floor_q).item() for d in DOMAINS}
+    if floor_q is None:       # 1.37's linear term: β per domain on cos(prompt, chosen) − cos(prompt, rejected)
+        (cc, cr), z_fit, tau = cosines(emb, fit), z_of(fit), None
+        beta = {d: fit_beta(z_fit[m], cc[m] - cr[m]) for d in DOMAINS
+                if (m := torch.tensor([p.domain == d for p in fit])).any()}
+    else:                     # 1.38's floor, fitted as training fits it
+        f = fit_floor(rm, emb, fit, floor_q)
+        tau, beta = ({d: f[k][d] for d in DOMAINS if d in f[k]} for k in ("floors", "weights"))
 
     def floors(rs):
         return None if tau is None else torch.tensor([tau.get(p.domain, -1.0) for p in rs])
-    z_fit, s_fit = z_of(fit), term_gap(cc, cr, floors(fit))
-    beta = {d: fit_beta(z_fit[m], s_fit[m]) for d in DOMAINS
-            if (m := torch.tensor([p.domain == d for p in fit])).any()}
     z, s = z_of(rows), term_gap(*cosines(emb, rows), floors(rows))
     zr = z + torch.tensor([beta.get(p.domain, 0.0) for p in rows]) * s
     k = len(val)

@@ -84,8 +84,9 @@ def attach_to_run(cfg, best: Path, step: int, train_pairs, val, probes, device, 
     relevance_* figures. The checkpoint was chosen without the floor; this only adds the term. Returns the
     figures with the fitted values (the summary's "relevance")."""
     rm = RewardModel.load(best, device=device)
-    rm.relevance = rm.embedder = None            # fitted on the reward alone, also when one is stored (resume)
-    emb = SentenceEmbedder(cfg.model, cfg.max_len, device=rm.device)
+    # fitted on the reward alone, also when one is stored (a resumed run): its embedder serves again
+    emb = rm.embedder or SentenceEmbedder(cfg.model, cfg.max_len, device=rm.device)
+    rm.relevance = rm.embedder = None
     rows = fit_rows(train_pairs, cfg.relevance_fit_pairs, cfg.relevance_fit_made, cfg.seed)
     fitted = {**fit(rm, emb, rows, cfg.relevance_floor), "quantile": cfg.relevance_floor, "max_len": cfg.max_len}
     atomic_write(Path(best) / FILE, text(fitted, {"fitted_on": f"{len(rows)} training rows", "step": step}))
