@@ -9,6 +9,10 @@ wear it away), one β_d ≥ 0 per domain fitted by maximum likelihood of σ(Δr 
 TRAINING rows only (preference pairs per domain and relevance pairs generated from them, as the probes
 are), Δr the reward difference in the form the run kept. Validation and its probes are scored once, with
 and without the term, and the means over the runs printed beneath.
+
+`--crossfit N` (with `--floor`) also asks whether a domain should keep the floor only where its held-out
+pairs validate at least as well (decisions.md 1.39): each policy chosen on one half of each domain's pairs
+and scored on the other, both ways, over N halvings (bench/forms.py's method).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from forms import crossfit
 from trials import PROBES, _f, publish, validations
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,7 +35,7 @@ from tinyrm.relevance import SentenceEmbedder, shortfall                 # noqa:
 from tinyrm.relevance_fit import DOMAIN_ORDER, attach_to_run, fit_beta, fit_rows  # noqa: E402
 from tinyrm.relevance_fit import fit as fit_floor                              # noqa: E402
 from tinyrm.scorer import RewardModel                    # noqa: E402
-from tinyrm.validation import metrics, probe_metrics     # noqa: E402
+from tinyrm.validation import choose_shares, metrics, probe_metrics, shared  # noqa: E402
 
 DOMAINS = DOMAIN_ORDER
 
@@ -49,11 +54,13 @@ def cosines(emb: SentenceEmbedder, rows) -> tuple[torch.Tensor, torch.Tensor]:
     return emb.cosines(prompts, [p.chosen for p in rows]), emb.cosines(prompts, [p.rejected for p in rows])
 
 
-def measure(run: Path, emb_for, per_domain: int, relevance: int, uniform=(), floor_q: float | None = None) -> dict:
+def measure(run: Path, emb_for, per_domain: int, relevance: int, uniform=(), floor_q: float | None = None,
+            halvings: int = 0, higher=()) -> dict:
     cfg = load_run_config(run)
     train, val, _ = load_data(cfg)
     rows = list(val) + (make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else [])
     rm = RewardModel.load(run / "best", mode=cfg.mode, prefix=cfg.prefix, max_len=cfg.max_len)
+    rm.relevance = rm.embedder = None       # the reward as kept: a floor stored by training is refitted here
     emb = emb_for(run, cfg)
     fit = fit_rows(train, per_domain, relevance, cfg.seed)
 
@@ -70,9 +77,27 @@ def measure(run: Path, emb_for, per_domain: int, relevance: int, uniform=(), flo
 
     def floors(rs):
         return None if tau is None else torch.tensor([tau.get(p.domain, -1.0) for p in rs])
-    z, s = z_of(rows), term_gap(*cosines(emb, rows), floors(rows))
+    (rc, rr), z = cosines(emb, rows), z_of(rows)
+    s = term_gap(rc, rr, floors(rows))
     zr = z + torch.tensor([beta.get(p.domain, 0.0) for p in rows]) * s
     k = len(val)
+    policies = {}
+    if halvings:   # the floor as a "correction" z − λ_d·gap: λ_d = 1 keeps it in domain d, 0 drops it
+        gap = z - zr
+        cf = crossfit(z[:k], gap[:k], val, halvings, cfg.select)
+        for name, pol in (("none", "raw"), ("floor", "corrected"), ("global", "global"), ("domain", "domain")):
+            keep = (dict.fromkeys(DOMAINS, 1.0 if name == "floor" else 0.0) if name in ("none", "floor")
+                    else choose_shares(z[:k], gap[:k], val, pol, cfg.select))
+            policies[name] = {**cf[pol], "kept_on_all": keep,
+                              **probe_metrics(shared(z[k:], gap[k:], rows[k:], keep), rows[k:])}
+    sweep = {}
+    for q in higher:          # other floor heights (1.40), each fitted as training would fit it
+        f = fit_floor(rm, emb, fit, q)
+        tq, bq = (torch.tensor([f[k].get(p.domain, dflt) for p in rows]) for k, dflt in (("floors", -1.0),
+                                                                                           ("weights", 0.0)))
+        zq = z + bq * term_gap(rc, rr, tq)
+        sweep[f"{q:g}"] = {**metrics(zq[:k], val, cfg.select), **probe_metrics(zq[k:], rows[k:]),
+                           "floors": f["floors"], "weights": f["weights"]}
     step = json.loads((run / "best" / "adapter.json").read_text())["step"]
     rec = next(r for r in validations(run) if r["step"] == step)
     cloze = sum(len(rm.cloze.pointwise(p.prompt, r, p.domain).input_ids) for p in val for r in (p.chosen, p.rejected))
@@ -80,7 +105,7 @@ def measure(run: Path, emb_for, per_domain: int, relevance: int, uniform=(), flo
     return {"run": run.name, "beta": beta, "floor": tau,
             "recorded_kept_val_score": rec.get("kept_val_score", rec["val_score"]),
             "tokens_per_pair": {"reward": cloze / k, "relevance": extra / k},
-            "term_alone_val": metrics(s[:k], val, cfg.select)["val_score"],
+            "term_alone_val": metrics(s[:k], val, cfg.select)["val_score"], "policies": policies, "sweep": sweep,
             "without": {**metrics(z[:k], val, cfg.select), **probe_metrics(z[k:], rows[k:])},
             "with": {**metrics(zr[:k], val, cfg.select), **probe_metrics(zr[k:], rows[k:])},
             "uniform": {str(b): {**metrics(z[:k] + b * s[:k], val, cfg.select),
@@ -117,6 +142,29 @@ KEYS = ("val_score", "val_len_balanced", "val_acc_chosen_longer", "val_acc_chose
         *(f"val_acc_{d}" for d in DOMAINS), *(f"val_probe_{p}" for p in PROBES))
 
 
+POLICIES = ("none", "floor", "global", "domain")
+
+
+def policy_table(runs: list[dict]) -> str:
+    """Cross-fitted domain mean (length-balanced) of each floor policy per run, its flips and the relevance
+    probe as chosen on all pairs; the mean over the runs last (1.39)."""
+    head = ("| run | " + " | ".join(POLICIES) + " | flips global / domain | relevance probe: "
+            + " / ".join(POLICIES) + " | domains keeping it (domain) |\n|---|" + "---:|" * len(POLICIES) + "---|---|---|")
+
+    def row(label, pol, kept=""):
+        return (f"| {label} | " + " | ".join(f"{_f(pol[p]['val_score'])} ({_f(pol[p]['val_len_balanced'])})"
+                                             for p in POLICIES)
+                + f" | {pol['global']['flips']:.2f} / {pol['domain']['flips']:.2f} | "
+                + " / ".join(_f(pol[p].get("val_probe_relevance")) for p in POLICIES) + f" | {kept} |")
+    lines = [row(r["run"], r["policies"], ", ".join(d for d, v in r["policies"]["domain"]["kept_on_all"].items()
+                                                     if v) or "none") for r in runs]
+    keys = ("val_score", "val_len_balanced", "flips", "val_probe_relevance")
+    mean = {p: {k: sum(r["policies"][p][k] for r in runs) / len(runs) for k in keys} for p in POLICIES}
+    lines.append(row(f"**mean of {len(runs)}**", mean))
+    return ("Cross-fitted domain mean (length-balanced) of each floor policy, chosen on one half of each "
+            "domain's held-out pairs and scored on the other:\n\n" + head + "\n" + "\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run folders (each with best/ and metrics.jsonl)")
@@ -126,6 +174,10 @@ def main() -> None:
                     help="also score these β for every domain, unfitted (the trade-off, for the record)")
     ap.add_argument("--floor", type=float, help="charge only relevance below this quantile of the chosen "
                     "answers' (per domain, on the fit pairs): β·min(0, cos − τ)")
+    ap.add_argument("--higher", type=float, nargs="*", default=(), metavar="Q",
+                    help="with --floor: also fit and score the floor at these quantiles (1.40)")
+    ap.add_argument("--crossfit", type=int, default=0, metavar="N",
+                    help="with --floor: cross-fit keeping the floor per domain over N halvings (1.39)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="write the Markdown table here and the figures as JSONL beside it")
     ap.add_argument("--attach", action="store_true", help="with --floor: store the floor in each run as "
@@ -152,20 +204,29 @@ def main() -> None:
              "reasoning | probes " + " / ".join(PROBES) + " |", "|---|---:|---:|---|---:|---:|---:|---|"]
     records, term = [], "β·cos" if args.floor is None else f"β·min(0, cos − τ{args.floor:g})"
     for run in args.runs:
-        r = measure(run, emb_for, args.fit_pairs, args.fit_relevance, args.uniform, args.floor)
+        r = measure(run, emb_for, args.fit_pairs, args.fit_relevance, args.uniform, args.floor,
+                    args.crossfit if args.floor is not None else 0, args.higher if args.floor is not None else ())
         b = ", ".join(f"{d} {v:.2f}" for d, v in r["beta"].items())
         lines += [line(f"{run.name}, as kept", r["without"]), line(f"{run.name}, + {term} (β: {b})", r["with"])]
         lines += [line(f"{run.name}, {term} at β = {u} (every domain)", m) for u, m in r["uniform"].items()]
+        lines += [line(f"{run.name}, the floor at the {q} quantile (β: "
+                       + ", ".join(f"{d} {m['weights'][d]:.2f}" for d in DOMAINS if d in m["weights"]) + ")", m)
+                  for q, m in r["sweep"].items()]
         records.append(r)
         print(f"{run.name}: {r['without']['val_score']:.4f} (recorded {r['recorded_kept_val_score']:.4f}) -> "
               f"{r['with']['val_score']:.4f}; relevance probe {r['without'].get('val_probe_relevance')} -> "
               f"{r['with'].get('val_probe_relevance')}; β {b}", flush=True)
     runs, n = list(records), len(records)
-    for side in ("without", "with"):
-        mean = {k: sum(r[side][k] for r in runs) / n for k in KEYS if all(k in r[side] for r in runs)}
-        lines.append(line(f"**mean of {n}**, {'as kept' if side == 'without' else '+ ' + term}", mean))
+    sides = [("without", "as kept", lambda r: r["without"]), ("with", "+ " + term, lambda r: r["with"])]
+    sides += [(f"floor {q}", f"the floor at the {q} quantile", lambda r, q=q: r["sweep"][q]) for q in runs[0]["sweep"]]
+    for side, label, get in sides:
+        of = [get(r) for r in runs]
+        mean = {k: sum(m[k] for m in of) / n for k in KEYS if all(k in m for m in of)}
+        lines.append(line(f"**mean of {n}**, {label}", mean))
         records.append({"mean_of": n, "side": side, **mean})
     tok = runs[0]["tokens_per_pair"]
+    if runs[0]["policies"]:
+        lines += ["", policy_table(runs)]
     text = "\n".join(lines) + (f"\n\nTokens per validation pair: {tok['reward']:.0f} for the reward, "
                                f"{tok['relevance']:.0f} more for the relevance pass (prompt once, each response).\n")
     publish(text, records, args.out)

@@ -174,7 +174,7 @@ def main() -> None:
     _, val, _ = load_data(cfg)
     probes = make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else []
     lines = ["| model | domain mean ± se | length-balanced | chosen longer | chosen shorter | chat | safety | "
-             "reasoning | " + " | ".join(f"probe {p}" for p in PROBES) + " |", "|---|---|" + "---:|" * 9]
+             "reasoning | " + " | ".join(f"probe {p}" for p in PROBES) + " |", "|---|---|" + "---:|" * (6 + len(PROBES))]
     records = []
     if args.outputs:
         more, records = averaged_outputs(args.runs, val, probes, cfg.select)

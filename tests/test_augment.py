@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from tinyrm.augment import KINDS, augment, dress, probes, sentences, shuffled
+from tinyrm.augment import KINDS, augment, dress, neighbour, probes, sentences, shuffled
 from tinyrm.data import PreferencePair
 from tinyrm.errors import RecipeError
 from tinyrm.recipe import load_recipe
@@ -74,12 +74,36 @@ def test_augment_counts_labels_and_balance():
 def test_probes_dress_only_the_wrong_answer():
     val = _pairs(30)
     pr = probes(val, 8, seed=1)
+    # every prompt here has the same content words: no neighbour is far enough to be another request
     assert Counter(p.source for p in pr) == {f"probe-{k}": 8 for k in KINDS}
     by_prompt = {p.prompt: p for p in val}
     for p in pr:
         if p.source == "probe-style":
             src = by_prompt[p.prompt]
             assert p.chosen == src.chosen and src.rejected.strip() in p.rejected and p.rejected != src.rejected
+
+
+def test_neighbour_is_the_nearest_other_request_of_the_domain():
+    """The neighbour probe's wrong answer is the chosen answer of the prompt sharing most content words
+    (Jaccard over words of 4+ characters, by hand below), never a near-duplicate prompt or the same answer."""
+    def pair(prompt, answer, dom="chat"):
+        return PreferencePair(prompt, answer, "no.", dom, "src")
+    p = pair("How do I bake sourdough bread at home without yeast?", "Use a starter.")
+    q1 = pair("What temperature should I bake sourdough bread?", "About 230 C.")      # 3 shared of 9: 0.33
+    q2 = pair("Best yeast for pizza dough", "Instant yeast.")                          # 1 of 9: 0.11
+    dup = pair("How do I bake sourdough bread at home without any yeast?", "Wild yeast.")  # 6 of 6: 1.0
+    same = pair("Sourdough bread bake at home without yeast, how?", "Use a starter.")  # p's own answer
+    assert neighbour(p, [q2, dup, same, q1, p]) is q1
+    assert neighbour(p, [q2, dup]) is q2
+    assert neighbour(p, [dup, same, pair("Tell me a joke", "Knock knock.")]) is None
+    val = [p, q1, q2, dup, pair("Pick a lock quickly", "I can't help.", "safety"),
+           pair("Pick a lock on my own front door", "Call a locksmith.", "safety")]
+    pr = [x for x in probes(val, 10, seed=0) if x.source == "probe-neighbour"]
+    by = {x.prompt: x.rejected for x in pr}
+    assert by[p.prompt] == q1.chosen
+    assert by[q2.prompt] == p.chosen        # "yeast": 1 of 9 with p and with dup, a tie, and p comes first
+    assert by["Pick a lock quickly"] == "Call a locksmith."                 # within its own domain only
+    assert all(x.chosen == next(v.chosen for v in val if v.prompt == x.prompt) for x in pr)
 
 
 def test_recipe_fields_and_their_limits():

@@ -557,3 +557,22 @@ def test_forms_crossfit_halves_by_domain_and_scores_held_out():
     # "global": raw and corrected tie at 0.5 on every half, and a tie goes to the corrected reward
     assert cf["global"]["val_score"] == pytest.approx(0.5) and cf["global"]["flips"] == 0.0
 
+
+
+def test_relevance_policy_table_averages_each_policy_over_runs():
+    """bench/relevance.py --crossfit: each run's row shows every floor policy's cross-fitted figures and the
+    domains the per-domain choice keeps; the last row is their mean over runs (hand-computed here)."""
+    import relevance as R
+
+    def run(name, score, flips, probe, keep):
+        pols = {p: {"val_score": score + i / 100, "val_len_balanced": score, "flips": flips,
+                    "val_probe_relevance": probe} for i, p in enumerate(R.POLICIES)}
+        pols["domain"]["kept_on_all"] = keep
+        return {"run": name, "policies": pols}
+    text = R.policy_table([run("a", 0.60, 0.2, 0.9, {"chat": 1.0, "safety": 0.0}),
+                           run("b", 0.70, 0.4, 0.5, {"chat": 0.0, "safety": 0.0})])
+    rows = [r for r in text.splitlines() if r.startswith("| ")][1:]
+    assert rows[0].startswith("| a | 0.600 (0.600) | 0.610 (0.600) |") and rows[0].endswith("| chat |")
+    assert rows[1].endswith("| none |")
+    assert rows[2].startswith("| **mean of 2** | 0.650 (0.650) | 0.660 (0.650) | 0.670 (0.650) | 0.680 (0.650) |")
+    assert "| 0.30 / 0.30 | 0.700 / 0.700 / 0.700 / 0.700 |" in rows[2]

@@ -12,6 +12,10 @@ kept):
              (fluent, on-domain, and off-topic): the answer must fit this prompt.
   shuffle    the chosen answer against its own sentences in a shuffled order (same length, same words):
              coherence, not vocabulary.
+  neighbour  (a probe only) a prompt's chosen answer against the chosen answer of the prompt of its domain
+             that shares the most words with it: an answer to a neighbouring request, on topic and fluent,
+             that a relevance floor lets through. RewardBench's adversarial instruction-following pairs
+             are of this kind; this probe is made from validation pairs, never from RewardBench.
 
 Truncated copies are not made: "chosen vs its first half" would teach that longer is better.
 `augment(pairs, fracs, seed)` adds round(frac · N) pairs of each kind to a training set; `probes(pairs, n,
@@ -19,12 +23,15 @@ seed)` makes held-out probes from validation pairs. Both are deterministic in th
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 
 from .data import PreferencePair
 
 KINDS = ("style", "relevance", "shuffle")
+PROBE_KINDS = KINDS + ("neighbour",)
+NEAR_DUPLICATE = 0.5      # a prompt sharing this share of its words or more may ask the same thing: not a neighbour
 
 _PADDING_OPEN = ["Great question!", "Certainly! Here is a detailed answer.", "I'd be happy to help with that.",
                  "This is an important topic, so let me explain it carefully.", "Sure, here is a thorough response."]
@@ -78,6 +85,35 @@ def shuffled(text: str, rng: random.Random) -> str | None:
     return " ".join(s[i] for i in order)
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+_ROLES = frozenset({"human", "assistant", "user"})   # the turn markers of multi-turn prompts say nothing
+
+
+@functools.lru_cache(maxsize=65536)
+def _content_words(text: str) -> frozenset:
+    """The words of four or more characters (a rough stop-word filter), lower-cased."""
+    return frozenset(w for w in _WORD.findall(text.lower()) if len(w) >= 4) - _ROLES
+
+
+def _similarity(a: str, b: str) -> float:
+    """Jaccard overlap of the two texts' content words."""
+    x, y = _content_words(a), _content_words(b)
+    return len(x & y) / len(x | y) if x and y else 0.0
+
+
+def neighbour(p: PreferencePair, others: list[PreferencePair]) -> PreferencePair | None:
+    """The prompt among `others` nearest to p's (most content words shared, below NEAR_DUPLICATE; the first
+    on a tie) whose chosen answer is not p's; None when none shares a word."""
+    best, best_sim = None, 0.0
+    for q in others:
+        if q.prompt.strip() == p.prompt.strip() or q.chosen.strip() == p.chosen.strip():
+            continue
+        s = _similarity(p.prompt, q.prompt)
+        if best_sim < s < NEAR_DUPLICATE:
+            best, best_sim = q, s
+    return best
+
+
 def _pair(p: PreferencePair, chosen: str, rejected: str, kind: str) -> PreferencePair:
     return PreferencePair(p.prompt, chosen, rejected, p.domain, f"{kind}:{p.source}")
 
@@ -99,7 +135,10 @@ def make(kind: str, p: PreferencePair, others: list[PreferencePair], rng: random
     if kind == "shuffle":
         s = shuffled(p.chosen, rng)
         return None if s is None else _pair(p, p.chosen, s, kind)
-    raise ValueError(f"augmentation kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "neighbour":
+        q = neighbour(p, others)
+        return None if q is None else _pair(p, p.chosen, q.chosen, kind)
+    raise ValueError(f"augmentation kind must be one of {', '.join(PROBE_KINDS)}, got {kind!r}")
 
 
 def _by_domain(pairs: list[PreferencePair]) -> dict:
@@ -132,7 +171,7 @@ def probes(pairs: list[PreferencePair], n: int, seed: int) -> list[PreferencePai
     """Held-out probes from validation pairs: up to `n` of each kind, the style probe with the REJECTED
     answer dressed (the right answer is the plain one). Their source is "probe-<kind>"."""
     dom, out = _by_domain(pairs), []
-    for kind in KINDS:
+    for kind in PROBE_KINDS:
         rng = random.Random(f"probe-{kind}-{seed}")
         made = []
         for i in rng.sample(range(len(pairs)), len(pairs)):
