@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-PROBES = ("style", "relevance", "shuffle", "neighbour")   # augment.PROBE_KINDS
+PROBES = ("style", "relevance", "shuffle", "neighbour")   # augment.KINDS
 
 
 def validations(run: Path) -> list[dict]:

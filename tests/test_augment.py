@@ -41,7 +41,7 @@ def test_shuffle_is_a_permutation_of_the_sentences():
 def test_augment_counts_labels_and_balance():
     pairs = _pairs(40)
     out, made = augment(pairs, {"style": 0.5, "relevance": 0.25, "shuffle": 0.25}, seed=5)
-    assert made == {"style": 20, "relevance": 10, "shuffle": 10}
+    assert made == {"style": 20, "relevance": 10, "shuffle": 10, "neighbour": 0}
     assert len(out) == 80 and all(p in out for p in pairs)
     new = [p for p in out if ":" in p.source]
     orig = {p.prompt: p for p in pairs}
@@ -75,7 +75,7 @@ def test_probes_dress_only_the_wrong_answer():
     val = _pairs(30)
     pr = probes(val, 8, seed=1)
     # every prompt here has the same content words: no neighbour is far enough to be another request
-    assert Counter(p.source for p in pr) == {f"probe-{k}": 8 for k in KINDS}
+    assert Counter(p.source for p in pr) == {f"probe-{k}": 8 for k in KINDS if k != "neighbour"}
     by_prompt = {p.prompt: p for p in val}
     for p in pr:
         if p.source == "probe-style":
@@ -104,6 +104,10 @@ def test_neighbour_is_the_nearest_other_request_of_the_domain():
     assert by[q2.prompt] == p.chosen        # "yeast": 1 of 9 with p and with dup, a tie, and p comes first
     assert by["Pick a lock quickly"] == "Call a locksmith."                 # within its own domain only
     assert all(x.chosen == next(v.chosen for v in val if v.prompt == x.prompt) for x in pr)
+    # in training (aug_neighbour) the same pairs, labelled, from the training set's own prompts
+    out, made = augment(val, {"neighbour": 1.0}, seed=3)
+    new = [x for x in out if x.source == "neighbour:src"]
+    assert made["neighbour"] == len(new) == 6 and {x.prompt: x.rejected for x in new} == by
 
 
 def test_recipe_fields_and_their_limits():

@@ -71,6 +71,9 @@ def test_fit_rows_come_from_training_pairs_of_each_domain():
             other = next(p for p in train if p.chosen == m.rejected)
             assert m.chosen == src.chosen and other.prompt != m.prompt and other.domain == d
     assert [p.domain for p in rows if p.domain == "other"] == ["other"]        # one pair: nothing to borrow
+    # a recipe's generated pairs in the training set are not preference data: never drawn
+    aug = [PreferencePair(f"q{i}", "g", "b", "chat", f"{k}:f") for i in range(50) for k in ("style", "neighbour")]
+    assert F.fit_rows(train + aug, per_domain=5, made=3, seed=1) == rows
 
 
 def test_shortfall_and_term_by_hand():

@@ -12,10 +12,10 @@ kept):
              (fluent, on-domain, and off-topic): the answer must fit this prompt.
   shuffle    the chosen answer against its own sentences in a shuffled order (same length, same words):
              coherence, not vocabulary.
-  neighbour  (a probe only) a prompt's chosen answer against the chosen answer of the prompt of its domain
-             that shares the most words with it: an answer to a neighbouring request, on topic and fluent,
-             that a relevance floor lets through. RewardBench's adversarial instruction-following pairs
-             are of this kind; this probe is made from validation pairs, never from RewardBench.
+  neighbour  a prompt's chosen answer against the chosen answer of the prompt of its domain that shares the
+             most content words with it: an answer to a neighbouring request, on topic and fluent, that a
+             relevance floor lets through. RewardBench's adversarial instruction-following pairs are of
+             this kind; the probe is made from validation pairs, never from RewardBench.
 
 Truncated copies are not made: "chosen vs its first half" would teach that longer is better.
 `augment(pairs, fracs, seed)` adds round(frac · N) pairs of each kind to a training set; `probes(pairs, n,
@@ -29,8 +29,7 @@ import re
 
 from .data import PreferencePair
 
-KINDS = ("style", "relevance", "shuffle")
-PROBE_KINDS = KINDS + ("neighbour",)
+KINDS = ("style", "relevance", "shuffle", "neighbour")
 NEAR_DUPLICATE = 0.5      # a prompt sharing this share of its words or more may ask the same thing: not a neighbour
 
 _PADDING_OPEN = ["Great question!", "Certainly! Here is a detailed answer.", "I'd be happy to help with that.",
@@ -138,7 +137,7 @@ def make(kind: str, p: PreferencePair, others: list[PreferencePair], rng: random
     if kind == "neighbour":
         q = neighbour(p, others)
         return None if q is None else _pair(p, p.chosen, q.chosen, kind)
-    raise ValueError(f"augmentation kind must be one of {', '.join(PROBE_KINDS)}, got {kind!r}")
+    raise ValueError(f"augmentation kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
 def _by_domain(pairs: list[PreferencePair]) -> dict:
@@ -171,7 +170,7 @@ def probes(pairs: list[PreferencePair], n: int, seed: int) -> list[PreferencePai
     """Held-out probes from validation pairs: up to `n` of each kind, the style probe with the REJECTED
     answer dressed (the right answer is the plain one). Their source is "probe-<kind>"."""
     dom, out = _by_domain(pairs), []
-    for kind in PROBE_KINDS:
+    for kind in KINDS:
         rng = random.Random(f"probe-{kind}-{seed}")
         made = []
         for i in rng.sample(range(len(pairs)), len(pairs)):

@@ -169,7 +169,8 @@ def load_data(cfg) -> tuple[list[PreferencePair], list[PreferencePair], list[str
         train, n = length_balanced(train, cfg.seed)
         notes.append(f"length balance: dropped {n} training pairs so that, in every domain, the chosen response "
                      "is the longer one as often as the shorter")
-    fracs = {"style": cfg.aug_style, "relevance": cfg.aug_relevance, "shuffle": cfg.aug_shuffle}
+    fracs = {"style": cfg.aug_style, "relevance": cfg.aug_relevance, "shuffle": cfg.aug_shuffle,
+             "neighbour": cfg.aug_neighbour}
     if any(fracs.values()):
         train, made = augment(train, fracs, cfg.seed)
         notes.append("augmented: " + ", ".join(f"{n} {k} pairs" for k, n in made.items() if n))

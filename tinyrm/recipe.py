@@ -88,6 +88,7 @@ class TrainConfig:
     aug_style: float = 0.0              # add this fraction of style pairs (augment.py: one side dressed up in
     aug_relevance: float = 0.0          # markdown and padding), off-topic answers of the same domain, and
     aug_shuffle: float = 0.0            # sentence-shuffled answers; labels never follow the style
+    aug_neighbour: float = 0.0          # and the answer of the most similar other prompt as the rejected one
     pairwise_weight: float = 0.0        # pointwise, >0: also train the pairwise cloze on every pair (both
                                         # orders), this times its loss (objective.py); scoring stays pointwise
     mlm_weight: float = 0.0             # >0: add this times an auxiliary masked-LM loss on the training text
@@ -150,7 +151,7 @@ def _entry_types(r: dict, where: str) -> None:
 _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "save_every", "val_max_pairs",
              "length_fit_pairs", "max_bad_steps", "lr", "eps", "epochs", "grad_clip", "relevance_fit_pairs"}
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
-                 "aug_style", "aug_relevance", "aug_shuffle", "probes", "mlm_weight", "train_pairs",
+                 "aug_style", "aug_relevance", "aug_shuffle", "aug_neighbour", "probes", "mlm_weight", "train_pairs",
                  "pairwise_weight", "relevance_fit_made"}
 _FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from", "relevance_floor"}   # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
-from .augment import make
+from .augment import KINDS, make
 from .relevance import FILE, SentenceEmbedder, shortfall
 from .scorer import RewardModel
 from .validation import metrics, probe_metrics
 
 MADE = "relevance:"       # the source prefix of a generated relevance pair (augment._pair)
+AUGMENTED = tuple(f"{k}:" for k in KINDS)    # a training set's generated pairs: not preference data
 
 
 def fit_beta(z: torch.Tensor, s: torch.Tensor, iters: int = 100) -> float:
@@ -38,10 +39,11 @@ DOMAIN_ORDER = ("chat", "safety", "reasoning")   # the order the rows are drawn 
 
 
 def fit_rows(train, per_domain: int, made: int, seed: int) -> list:
-    """Per domain: `per_domain` training pairs and relevance pairs made from the first `made` of them."""
+    """Per domain: `per_domain` training pairs (real ones: a recipe's generated pairs are passed over) and
+    relevance pairs made from the first `made` of them."""
     rng, out, doms = random.Random(f"relevance-fit-{seed}"), [], {p.domain for p in train}
     for d in [d for d in DOMAIN_ORDER if d in doms] + sorted(doms - set(DOMAIN_ORDER)):
-        pool = [p for p in train if p.domain == d]
+        pool = [p for p in train if p.domain == d and not p.source.startswith(AUGMENTED)]
         pick = rng.sample(pool, min(per_domain, len(pool)))
         out += pick + [m for p in pick[:made] if (m := make("relevance", p, pool, rng, "rejected")) is not None]
     return out
