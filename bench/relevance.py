@@ -174,8 +174,8 @@ def main() -> None:
                     help="also score these β for every domain, unfitted (the trade-off, for the record)")
     ap.add_argument("--floor", type=float, help="charge only relevance below this quantile of the chosen "
                     "answers' (per domain, on the fit pairs): β·min(0, cos − τ)")
-    ap.add_argument("--higher", type=float, nargs="*", default=(), metavar="Q",
-                    help="with --floor: also fit and score the floor at these quantiles (1.40)")
+    ap.add_argument("--higher", type=lambda s: [float(q) for q in s.split(",")], default=(), metavar="Q,Q",
+                    help="with --floor: also fit and score the floor at these quantiles, comma-separated (1.40)")
     ap.add_argument("--crossfit", type=int, default=0, metavar="N",
                     help="with --floor: cross-fit keeping the floor per domain over N halvings (1.39)")
     ap.add_argument("--threads", type=int, default=2)
