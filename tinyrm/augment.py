@@ -13,9 +13,9 @@ kept):
   shuffle    the chosen answer against its own sentences in a shuffled order (same length, same words):
              coherence, not vocabulary.
   neighbour  a prompt's chosen answer against the chosen answer of the prompt of its domain that shares the
-             most content words with it: an answer to a neighbouring request, on topic and fluent, that a
-             relevance floor lets through. RewardBench's adversarial instruction-following pairs are of
-             this kind; the probe is made from validation pairs, never from RewardBench.
+             most content words with it: an answer to a neighbouring request, on topic and fluent. It
+             aims at RewardBench's adversarial instruction-following pairs; the probe is made from
+             validation pairs, never from RewardBench.
 
 Truncated copies are not made: "chosen vs its first half" would teach that longer is better.
 `augment(pairs, fracs, seed)` adds round(frac · N) pairs of each kind to a training set; `probes(pairs, n,
@@ -102,7 +102,7 @@ def _similarity(a: str, b: str) -> float:
 
 def neighbour(p: PreferencePair, others: list[PreferencePair]) -> PreferencePair | None:
     """The prompt among `others` nearest to p's (most content words shared, below NEAR_DUPLICATE; the first
-    on a tie) whose chosen answer is not p's; None when none shares a word."""
+    on a tie) whose chosen answer is not p's; None when no other prompt shares a word below that."""
     best, best_sim = None, 0.0
     for q in others:
         if q.prompt.strip() == p.prompt.strip() or q.chosen.strip() == p.chosen.strip():
