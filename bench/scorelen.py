@@ -35,18 +35,9 @@ from tinyrm.relevance import SentenceEmbedder            # noqa: E402
 from tinyrm.relevance_fit import fit as fit_floor        # noqa: E402
 from tinyrm.relevance_fit import fit_rows                # noqa: E402
 from tinyrm.scorer import RewardModel                    # noqa: E402
-from tinyrm.validation import choose_shares, correction_terms, metrics, probe_metrics, shared  # noqa: E402
+from tinyrm.validation import correction_terms, kept_shares, metrics, probe_metrics, scaled_slopes, shared  # noqa: E402
 
 STAGES = ("raw", "length", "floor")     # the reward alone; with its length form; with the floor as well
-
-
-def kept_slopes(z, gap, pooled, slopes, val, cfg) -> tuple[dict, dict]:
-    """(shares, scaled slopes): validate_run's choice per domain and the slopes the scorer would apply."""
-    k = len(val)
-    shares = choose_shares(z[:k], gap[:k], val, cfg.length_choice, cfg.select)
-    star = choose_shares(z[:k], (gap if cfg.length_choice == "global" else pooled)[:k], val, "global", cfg.select)
-    shares["*"] = next(iter(star.values()))
-    return shares, {d: shares.get(d, shares["*"]) * b for d, b in slopes.items()}
 
 
 def measure(run: Path, lens: list[int], halvings: int) -> dict:
@@ -66,9 +57,9 @@ def measure(run: Path, lens: list[int], halvings: int) -> dict:
         t0 = time.perf_counter()
         rm = RewardModel(kept.enc, cfg.mode, cfg.prefix, L)
         z, gap, pooled, slopes = correction_terms(rm, rows, fit_len)   # z, gap [N]: raw logit, length term
-        shares, scaled = kept_slopes(z, gap, pooled, slopes, val, cfg)
+        shares = kept_shares(z, gap, pooled, val, cfg)                 # what validate_run keeps
         zl = shared(z, gap, rows, shares)
-        rm.length_slopes = scaled if any(shares.values()) else None
+        rm.length_slopes = scaled_slopes(slopes, shares)
         f = fit_floor(rm, emb, fit_rel, cfg.relevance_floor)
         tau = torch.tensor([f["floors"].get(p.domain, -1.0) for p in rows])
         beta = torch.tensor([f["weights"].get(p.domain, 0.0) for p in rows])

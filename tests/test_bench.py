@@ -4,6 +4,7 @@ float32 and bf16 matmul peaks, bf16-vs-float32 preference agreement, the bf16 ro
 claimed), memory probes, and a CPU smoke run of bench/gpu.py."""
 from __future__ import annotations
 
+import json
 import importlib
 import subprocess
 import sys
@@ -576,3 +577,52 @@ def test_relevance_policy_table_averages_each_policy_over_runs():
     assert rows[1].endswith("| none |")
     assert rows[2].startswith("| **mean of 2** | 0.650 (0.650) | 0.660 (0.650) | 0.670 (0.650) | 0.680 (0.650) |")
     assert "| 0.30 / 0.30 | 0.700 / 0.700 / 0.700 / 0.700 |" in rows[2]
+
+
+def test_scorelen_at_the_trained_length_reproduces_what_training_recorded(tiny_bert, tmp_path):
+    """bench/scorelen.py refits the length form and the floor at each scoring length as training fits them:
+    at the length the run trained at, it must give the run's own kept validation (the length form chosen at
+    the kept step), its relevance_* row and its stored floor. A longer length reads more of each answer."""
+    import scorelen
+    from test_train import _cfg, _write, repeat_task
+    from tinyrm import relevance as R
+    from tinyrm.train import train
+    filler = " and then it goes on about other things for a while"
+    rows = [dict(r, chosen=r["chosen"] + "." + filler * (1 + i % 4), rejected=r["rejected"] + "." + filler * (1 + i % 3))
+            for i, r in enumerate(repeat_task(80, 5) + [dict(r, domain="safety") for r in repeat_task(80, 6)])]
+    cfg = _cfg(tmp_path, tiny_bert, _write(tmp_path / "d.jsonl", rows), mode="pointwise", max_steps=6, max_len=48,
+               lr=1e-2, eval_untrained=False, val_frac=0.25, val_max_pairs=40, length_correct=True, length_fit_pairs=20, length_choice="domain", probes=6,
+               relevance_floor=0.2, relevance_fit_pairs=12, relevance_fit_made=5)
+    train(cfg, run_dir=tmp_path / "run")
+    out = scorelen.measure(tmp_path / "run", [48, 96], halvings=2)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in metrics if r.get("step") == out["step"] and "kept_val_score" in r)
+    at = out["lens"]["48"]
+    assert at["shares"] == step["length_shares"]
+    assert at["length"]["val_score"] == pytest.approx(step["kept_val_score"], abs=1e-9)
+    assert at["floor"]["val_score"] == pytest.approx(metrics[-1]["relevance_val_score"], abs=1e-9)
+    stored = R.load(tmp_path / "run" / "best")
+    assert at["weights"] == pytest.approx(stored["weights"], rel=1e-4)
+    assert at["floors"] == pytest.approx(stored["floors"], abs=1e-6)
+    assert out["lens"]["96"]["tokens_per_pair"] > at["tokens_per_pair"] + 10
+
+
+def test_scorelen_means_by_hand():
+    """bench/scorelen.py: the last rows average each length's stages over the runs, and the cost table the
+    cross-fitted score, flips, tokens and seconds (hand-computed here)."""
+    import scorelen
+    from relevance import KEYS
+
+    def run(v):
+        lens = {}
+        for L, up in (("192", 0.0), ("384", 0.01)):
+            st = {s: {k: v + up + i / 100 for k in KEYS} for i, s in enumerate(scorelen.STAGES)}
+            st["length"].update(crossfit_val_score=v - 0.01, crossfit_flips=v)
+            lens[L] = {**st, "tokens_per_pair": v * int(L), "seconds": 100 * v}
+        return {"run": "r", "lens": lens}
+    text, means = scorelen.mean_table([run(0.6), run(0.7)], [192, 384])
+    assert [m["stage"] for m in means] == list(scorelen.STAGES) * 2 and means[4]["max_len"] == 384
+    assert means[0]["val_score"] == pytest.approx(0.65) and means[5]["val_probe_neighbour"] == pytest.approx(0.68)
+    rows = text.splitlines()
+    assert rows[2].startswith("| **mean of 2**, max_len 192, floor | 0.670 | 0.670 |")
+    assert "| 192 | 0.640 | 0.65 | 125 | 65 |" in rows and "| 384 | 0.640 | 0.65 | 250 | 65 |" in rows

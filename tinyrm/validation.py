@@ -133,11 +133,7 @@ def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float,
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
     k = len(val)
     z, gap, pooled, slopes = correction_terms(rm, list(val) + list(probes), fit_pairs)
-    shares = choose_shares(z[:k], gap[:k], val, cfg.length_choice, cfg.select)
-    # "*", for a caller without a domain: the pooled slope, kept by the global rule over all pairs ("global"
-    # itself gives it the one share every domain got)
-    star = choose_shares(z[:k], (gap if cfg.length_choice == "global" else pooled)[:k], val, "global", cfg.select)
-    shares["*"] = next(iter(star.values()))
+    shares = kept_shares(z, gap, pooled, val, cfg)
 
     def row(zz) -> dict:
         return {**metrics(zz[:k], val, cfg.select), **probe_metrics(zz[k:], probes)}
@@ -145,8 +141,24 @@ def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float,
     out = {**row(z), "length_slopes": slopes, **{f"corrected_{x}": v for x, v in row(z - gap).items()},
            "length_shares": shares, **{f"kept_{x}": v for x, v in kept.items()},
            "length_corrected": any(shares.values())}
-    scaled = {d: shares.get(d, shares["*"]) * b for d, b in slopes.items()}
-    return out, kept["val_score"], scaled if any(shares.values()) else None
+    return out, kept["val_score"], scaled_slopes(slopes, shares)
+
+
+def kept_shares(z, gap, pooled, val, cfg) -> dict[str, float]:
+    """Each domain's share of the length correction, chosen on the validation pairs `val` (the first
+    len(val) entries of z [N], gap [N] and pooled [N]) by cfg.length_choice; and "*", for a caller without a
+    domain: the pooled slope, kept by the global rule over all pairs ("global" itself gives it the one share
+    every domain got)."""
+    k = len(val)
+    shares = choose_shares(z[:k], gap[:k], val, cfg.length_choice, cfg.select)
+    star = choose_shares(z[:k], (gap if cfg.length_choice == "global" else pooled)[:k], val, "global", cfg.select)
+    shares["*"] = next(iter(star.values()))
+    return shares
+
+
+def scaled_slopes(slopes: dict[str, float], shares: dict[str, float]) -> dict[str, float] | None:
+    """The slopes the scorer applies: each domain's fitted slope times its share; None when every share is 0."""
+    return {d: shares.get(d, shares["*"]) * b for d, b in slopes.items()} if any(shares.values()) else None
 
 
 def _se(acc: float, n: int) -> float:
