@@ -8,13 +8,15 @@ open alike are tied exactly. Scoring has no step budget, so a kept checkpoint ca
 For each run's kept checkpoint and each length, what training fits after its steps is fitted again at that
 length, as training fits it: each domain's choice of the raw or the length-corrected reward on validation
 (validate_run's rule, from the run's own length-fit pairs), then the relevance floor on the run's training
-rows. The floor's sentence embedder stays at the length the run trained at, so that only the reward reads
-more. Validation and its probes are scored once per length. The length choice is also cross-fitted
-(bench/forms.py), so that no figure rests only on a choice made on the pairs it is scored on.
+rows, at the default's quantile (also for runs trained before the floor). The floor's sentence embedder
+stays at the length the run trained at, so that only the reward reads more. Validation and its probes are
+scored once per length. The length choice is also cross-fitted (bench/forms.py), so that no figure rests
+only on a choice made on the pairs it is scored on.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -40,8 +42,8 @@ from tinyrm.validation import correction_terms, kept_shares, metrics, probe_metr
 STAGES = ("raw", "length", "floor")     # the reward alone; with its length form; with the floor as well
 
 
-def measure(run: Path, lens: list[int], halvings: int) -> dict:
-    cfg = load_run_config(run)
+def measure(run: Path, lens: list[int], halvings: int, floor: float) -> dict:
+    cfg = dataclasses.replace(load_run_config(run), relevance_floor=floor)   # a run trained before the floor has none
     train, val, _ = load_data(cfg)
     probes = make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else []
     rows, k = list(val) + list(probes), len(val)
@@ -71,7 +73,8 @@ def measure(run: Path, lens: list[int], halvings: int) -> dict:
             cf = crossfit(z[:k], gap[:k], val, halvings, cfg.select)[cfg.length_choice]
             stages["length"]["crossfit_val_score"] = cf["val_score"]
             stages["length"]["crossfit_flips"] = cf["flips"]
-        tokens = sum(len(rm.cloze.pointwise(p.prompt, r, p.domain).input_ids) for p in val for r in (p.chosen, p.rejected))
+        tokens = sum(len(rm.cloze.pointwise(p.prompt, r, p.domain).input_ids)
+                     for p in val for r in (p.chosen, p.rejected))
         out["lens"][str(L)] = {**stages, "shares": shares, "floors": f["floors"], "weights": f["weights"],
                                "tokens_per_pair": tokens / k, "seconds": time.perf_counter() - t0}
         print(f"{run.name} at {L}: raw {stages['raw']['val_score']:.4f}, length {stages['length']['val_score']:.4f}, "
@@ -105,6 +108,7 @@ def main() -> None:
     ap.add_argument("--lens", type=lambda s: [int(x) for x in s.split(",")], default=[192, 384], metavar="L,L",
                     help="scoring lengths, comma-separated (the run's own first, for the comparison)")
     ap.add_argument("--crossfit", type=int, default=0, metavar="N", help="cross-fit the length choice over N halvings")
+    ap.add_argument("--floor", type=float, default=0.1, help="the floor's quantile, for every run (the default's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="write the Markdown table here and the figures as JSONL beside it")
     args = ap.parse_args()
@@ -113,7 +117,7 @@ def main() -> None:
             "reasoning | probes " + " / ".join(PROBES) + " |", "|---|---:|---:|---|---:|---:|---:|---|"]
     records, lines = [], []
     for run in args.runs:
-        r = measure(run, args.lens, args.crossfit)
+        r = measure(run, args.lens, args.crossfit, args.floor)
         records.append(r)
         lines += [line(f"{run.name}, {L}, {s}", r["lens"][L][s]) for L in r["lens"] for s in STAGES]
     means, figures = mean_table(records, args.lens)

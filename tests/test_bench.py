@@ -588,13 +588,15 @@ def test_scorelen_at_the_trained_length_reproduces_what_training_recorded(tiny_b
     from tinyrm import relevance as R
     from tinyrm.train import train
     filler = " and then it goes on about other things for a while"
-    rows = [dict(r, chosen=r["chosen"] + "." + filler * (1 + i % 4), rejected=r["rejected"] + "." + filler * (1 + i % 3))
+    rows = [dict(r, chosen=r["chosen"] + "." + filler * (1 + i % 4),
+                 rejected=r["rejected"] + "." + filler * (1 + i % 3))
             for i, r in enumerate(repeat_task(80, 5) + [dict(r, domain="safety") for r in repeat_task(80, 6)])]
     cfg = _cfg(tmp_path, tiny_bert, _write(tmp_path / "d.jsonl", rows), mode="pointwise", max_steps=6, max_len=48,
-               lr=1e-2, eval_untrained=False, val_frac=0.25, val_max_pairs=40, length_correct=True, length_fit_pairs=20, length_choice="domain", probes=6,
+               lr=1e-2, eval_untrained=False, val_frac=0.25, val_max_pairs=40, length_correct=True,
+               length_fit_pairs=20, length_choice="domain", probes=6,
                relevance_floor=0.2, relevance_fit_pairs=12, relevance_fit_made=5)
     train(cfg, run_dir=tmp_path / "run")
-    out = scorelen.measure(tmp_path / "run", [48, 96], halvings=2)
+    out = scorelen.measure(tmp_path / "run", [48, 96], halvings=2, floor=cfg.relevance_floor)
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in metrics if r.get("step") == out["step"] and "kept_val_score" in r)
     at = out["lens"]["48"]
