@@ -174,3 +174,21 @@ def test_training_fits_stores_and_validates_the_floor(tiny_bert, tmp_path):
     assert stored["floors"]["chat"] == pytest.approx(torch.quantile(cos, 0.2).item(), abs=1e-5)
     train(cfg, run_dir=tmp_path / "run")                    # resume a finished run: fitted afresh, the same
     assert R.load(tmp_path / "run" / "best")["weights"] == pytest.approx(stored["weights"])
+
+
+def test_reading_past_the_trained_length_is_allowed_with_a_warning(floored_run, tmp_path, caplog):
+    """A caller may score at another max_len than the model trained at (128 here); a longer one reads more of
+    each answer, and is warned about, by the checkpoint and by its export alike; a shorter one is not."""
+    run, _ = floored_run
+    long = "word " * 300
+    export_model(run, tmp_path / "export")
+    for path in (run, tmp_path / "export"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tinyrm.scorer"):
+            as_trained, longer = RewardModel.load(path), RewardModel.load(path, max_len=256)
+            shorter = RewardModel.load(path, max_len=64)
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 1 and "max_len 256, longer than the 128 tokens" in warned[0]
+        assert (as_trained.max_len, longer.max_len, shorter.max_len) == (128, 256, 64)
+        assert len(longer.cloze.pointwise("q", long).input_ids) == 256
+        assert len(as_trained.cloze.pointwise("q", long).input_ids) == 128

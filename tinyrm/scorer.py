@@ -11,6 +11,7 @@ answer tokens. Adapters are merged for inference, so a DoRA model costs what the
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -31,6 +32,19 @@ from .weights import load_encoder
 
 
 RELEVANCE_ENCODER = "relevance-encoder"   # an export's copy of the plain base, for the relevance floor
+log = logging.getLogger(__name__)
+
+
+def prompt_settings(saved: dict, kw: dict, where: str) -> dict:
+    """The prompt settings a model was trained with (`saved`), the caller's `kw` overriding them. A longer
+    max_len than trained is allowed, with a warning: six models trained at 192 tokens and read at 384
+    validated 0.021 lower on average (0.647 -> 0.626; docs/decisions.md 1.42)."""
+    opts = {k: saved[k] for k in ("mode", "prefix", "max_len") if k in saved}
+    if kw.get("max_len") and opts.get("max_len") and kw["max_len"] > opts["max_len"]:
+        log.warning("%s: scoring at max_len %d, longer than the %d tokens the model was trained on; models read "
+                    "past their training length validated lower (docs/decisions.md 1.42)", where, kw["max_len"],
+                    opts["max_len"])
+    return {**opts, **kw}
 
 
 def mask_logits(enc: Encoder, examples, vocab_ids: torch.Tensor) -> torch.Tensor:
@@ -117,8 +131,7 @@ class RewardModel:
                 raise CheckpointError(f"{path / 'tinyrm.json'}: format {s.get('format')!r} is not a merged model "
                                       "(a PEFT export loads with peft onto its base; `tinyrm export --format hf` "
                                       "writes one tinyrm loads)")
-            opts = {k: s[k] for k in ("mode", "prefix", "max_len") if k in s}
-            rm = cls(load_encoder(path, dtype=dtype, device=device), **{**opts, **kw})
+            rm = cls(load_encoder(path, dtype=dtype, device=device), **prompt_settings(s, kw, str(path)))
             rm.length_slopes = s.get("length_slopes") if rm.mode == "pointwise" else None
             if rm.mode == "pointwise" and s.get("relevance"):   # the base encoder travels in a subfolder
                 rm.relevance = s["relevance"]
@@ -139,8 +152,7 @@ class RewardModel:
         load_adapter(enc, ckpt / "adapter.safetensors", base_hash=meta.get("base_hash"))
         enc.eval()  # adapters were just added in training mode; merging is for inference
         merge_all(enc)
-        opts = {k: train[k] for k in ("mode", "prefix", "max_len") if k in train}
-        rm = cls(enc, **{**opts, **kw})
+        rm = cls(enc, **prompt_settings(train, kw, str(ckpt)))
         rm.length_slopes = load_slopes(ckpt) if rm.mode == "pointwise" else None
         try:
             rm.relevance = load_relevance(ckpt) if rm.mode == "pointwise" else None
