@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from forms import crossfit
-from relevance import DOMAINS, KEYS, cosines, line, term_gap
+from relevance import KEYS, cosines, line, term_gap
 from trials import PROBES, _f, publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -10,7 +10,6 @@ answer tokens. Adapters are merged for inference, so a DoRA model costs what the
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
