@@ -40,7 +40,7 @@ def heads(ckpt: Path):
     _, val, _ = load_data(cfg)
     rows = list(val) + (make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else [])
     point = RewardModel.load(ckpt, mode=cfg.mode, prefix=cfg.prefix, max_len=cfg.max_len)
-    pair = RewardModel(point.enc, "pairwise", cfg.prefix, cfg.max_len)  # the side head: training_clozes' second
+    pair = RewardModel(point.enc, "pairwise", cfg.prefix, cfg.max_len, truncate=cfg.truncate)  # the side head: training_clozes' second
     args = ([p.prompt for p in rows], [p.chosen for p in rows], [p.rejected for p in rows], [p.domain for p in rows])
     z_point, z_pair = point.compare_logits(*args), pair.compare_logits(*args)   # inference mode inside
     k = len(val)

@@ -57,7 +57,7 @@ def measure(run: Path, lens: list[int], halvings: int, floor: float) -> dict:
     out = {"run": run.name, "step": meta["step"], "trained_max_len": cfg.max_len, "lens": {}}
     for L in lens:
         t0 = time.perf_counter()
-        rm = RewardModel(kept.enc, cfg.mode, cfg.prefix, L)
+        rm = RewardModel(kept.enc, cfg.mode, cfg.prefix, L, truncate=cfg.truncate)
         z, gap, pooled, slopes = correction_terms(rm, rows, fit_len)   # z, gap [N]: raw logit, length term
         shares = kept_shares(z, gap, pooled, val, cfg)                 # what validate_run keeps
         zl = shared(z, gap, rows, shares)

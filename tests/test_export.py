@@ -48,8 +48,8 @@ def _perturb(enc, seed):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
-def _save_run(run, enc, base, mode, files=None, max_len=512):
-    cfg = TrainConfig(model=str(base), mode=mode, prefix="domain", max_len=max_len)
+def _save_run(run, enc, base, mode, files=None, max_len=512, truncate="end"):
+    cfg = TrainConfig(model=str(base), mode=mode, prefix="domain", max_len=max_len, truncate=truncate)
     words = ["0", "1"] if mode == "pairwise" else ["yes", "no"]
     save_checkpoint(run / "best", enc, {"base": str(base), "train": cfg.to_dict(), "answer_words": words,
                                         "step": 3}, files=files)
@@ -86,7 +86,7 @@ def _export_cloze(folder) -> Cloze:
     tok = load_tokenizer(folder)
     words = tuple(info["answer_words"])
     return Cloze(tok, info["mode"], info["prefix"], info["max_len"], Specials.from_tokenizer(tok), words,
-                 answer_token_ids(tok, words))
+                 answer_token_ids(tok, words), info["truncate"])
 
 
 def _hf_z(model, examples, ids, bert: bool) -> torch.Tensor:
@@ -135,7 +135,8 @@ def test_hf_minilm_loads_in_transformers_and_scores_as_tinyrm(tmp_path, minilm_r
                                                        "tinyrm.json", "tokenizer.json"]
     info = json.loads((out / "tinyrm.json").read_text())
     assert info == {"format": "tinyrm-model", "version": 1, "mode": "pointwise", "prefix": "domain",
-                    "max_len": 512, "answer_words": ["yes", "no"], "length_slopes": SLOPES, "relevance": None,
+                    "max_len": 512, "truncate": "end", "answer_words": ["yes", "no"], "length_slopes": SLOPES,
+                    "relevance": None,
                     "base": json.loads((minilm_run / "best" / "adapter.json").read_text())["base"]}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["BertForMaskedLM"] and cfg["tie_word_embeddings"] is True
@@ -154,6 +155,43 @@ def test_hf_minilm_loads_in_transformers_and_scores_as_tinyrm(tmp_path, minilm_r
     mine, ref = RewardModel.load(out), RewardModel.load(minilm_run)
     assert mine.length_slopes == SLOPES
     assert max(abs(a - b) for a, b in zip(mine.score(*args), ref.score(*args))) < TOL
+
+
+def test_middle_truncation_travels_with_the_run_and_its_export(tmp_path, minilm_path):
+    """A run trained with truncate = "middle" is scored with it, from its checkpoint and from its export; the
+    export's README rule, applied by hand to the tokenizer's ids and fed to transformers, gives its rewards."""
+    from transformers import AutoModelForMaskedLM
+    enc = tinyrm.load_encoder(minilm_path)
+    add_dora(enc, 16, 32, targets=["query", "key", "value", "dense"])
+    _perturb(enc, 4)
+    run = _save_run(tmp_path / "run", enc, minilm_path, "pointwise", max_len=64, truncate="middle")
+    prompts = ["What is the answer?", "Name it."]
+    resps = ["It begins plainly. " + "Then it rambles on. " * 30 + "So the answer is seven.", "Short."]
+    mid, end = RewardModel.load(run), RewardModel.load(run, truncate="end")
+    assert (mid.cloze.truncate, end.cloze.truncate) == ("middle", "end")
+    got = mid.score(prompts, resps)
+    assert abs(got[0] - end.score(prompts, resps)[0]) > 1e-3 and abs(got[1] - end.score(prompts, resps)[1]) < TOL
+    out = export_model(run, tmp_path / "hf")
+    info = json.loads((out / "tinyrm.json").read_text())
+    assert info["truncate"] == "middle" and "from its middle" in (out / "README.md").read_text()
+    assert max(abs(a - b) for a, b in zip(RewardModel.load(out).score(prompts, resps), got)) < TOL
+    # by hand: budget = 64 - (4 specials + 9 head + 2 + 7 tail) = 42; prompt 5 fits (floor 10 > 5),
+    # the response's tokens -> 37: the first 37 - 12 - 3 = 22, "...", the last 37 // 3 = 12
+    tok = load_tokenizer(out)
+    def ids(t):
+        return tok.encode(t, add_special_tokens=False).ids
+    q, r = ids(" " + prompts[0]), ids(" " + resps[0])
+    head = ids("Judge the response to the question. Question:")
+    assert len(head) == 9 and len(q) == 5 and len(ids(" ...")) == 3 and len(r) > 100
+    body = [101] + head + q + ids(" Response:") + r[:22] + ids(" ...") + r[-12:] + [102]
+    tail = ids("Is the response good? Answer:") + [103, 102]
+    x = torch.tensor([body + tail])
+    assert x.shape[1] == 64 and tok.decode(r[-12:]).endswith("answer is seven.")
+    model = AutoModelForMaskedLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        lg = model(input_ids=x, token_type_ids=torch.tensor([[0] * len(body) + [1] * len(tail)])).logits[0, -2]
+    yes, no = answer_token_ids(tok, ("yes", "no"))
+    assert abs((lg[yes] - lg[no]).item() - got[0]) < TOL
 
 
 def test_hf_bert_with_adapted_decoder_is_untied(tmp_path, minilm_path):

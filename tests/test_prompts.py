@@ -11,13 +11,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from tinyrm.data import PreferencePair
 from tinyrm.batching import length_grouped_batches
-from tinyrm.prompts import (DOMAIN_PREFIX, PREFIXES, Cloze, Example, TemplateTooLong, build_pairwise, build_pointwise,
-                            fit_lengths, pairwise_examples, pointwise_examples, resolve_prefix)
+from tinyrm.prompts import (DOMAIN_PREFIX, MIN_MIDDLE, PREFIXES, Cloze, Example, TemplateTooLong, build_pairwise,
+                            build_pointwise, cut_response, fit_lengths, pairwise_examples, pointwise_examples,
+                            resolve_prefix)
 from tinyrm.tokens import Specials, answer_token_ids, load_tokenizer
 
 SPECIAL = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
 WORDS = ("Question : Choice 0 1 Answer Response Is the response good ? yes no Pick one . "
-         + " ".join(f"p{i} a{i} b{i}" for i in range(1, 41))).split()
+         + " ".join(f"p{i} a{i} b{i}" for i in range(1, 41)) + " ...").split()
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,40 @@ def test_both_orders_same_length_and_content(wl, lens):
     chosen_in_0 = [t for t in t0[:s0] if t[0] == "a"]
     chosen_in_1 = [t for t in t1[s1:] if t[0] == "a"]
     assert chosen_in_0 == chosen_in_1 and chosen_in_0[:1] in ([], ["a1"])
+
+
+def test_cut_response_hand_cases():
+    ids, gap = list(range(100)), [-1, -2, -3]
+    assert cut_response(ids, 100, gap) == ids and cut_response(ids, 130, gap) == ids    # not cut: untouched
+    assert cut_response(ids, 30, None) == ids[:30]                                      # "end": the start
+    # "middle", k = 30: the last 30 // 3 = 10, the 3 gap ids, the first 30 - 10 - 3 = 17
+    assert cut_response(ids, 30, gap) == list(range(17)) + gap + list(range(90, 100))
+    assert cut_response(ids, 31, gap) == list(range(18)) + gap + list(range(90, 100))   # 31 // 3 = 10 still
+    assert cut_response(ids, MIN_MIDDLE, gap)[-1] == 99                                 # the smallest middle cut
+    assert cut_response(ids, MIN_MIDDLE - 1, gap) == ids[:MIN_MIDDLE - 1]              # too short: its start
+    for k in range(1, 101):
+        assert len(cut_response(ids, k, gap)) == k                                     # always exactly k
+
+
+def test_middle_truncation_keeps_the_close_in_both_templates(wl):
+    sp = Specials.from_tokenizer(wl)
+    # pointwise, budget 30 (max_len 48, fixed 18): prompt 4 keeps all (floor 7 > 4), response 40 -> 26:
+    # its first 26 - 8 - 1 = 17, the gap "...", its last 26 // 3 = 8
+    end = build_pointwise(wl, sp, words("p", 4), words("a", 40), prefix="Pick one.", max_len=48)
+    mid = build_pointwise(wl, sp, words("p", 4), words("a", 40), prefix="Pick one.", max_len=48, truncate="middle")
+    assert len(mid) == len(end) == 48 and mid.mask_pos == end.mask_pos
+    assert toks(wl, mid)[12:12 + 26] == words("a", 17).split() + ["..."] + [f"a{i}" for i in range(33, 41)]
+    assert toks(wl, end)[12:12 + 26] == words("a", 26).split()
+    # pairwise: both orders keep the same tokens, each response cut in its middle; short ones untouched
+    pair = PreferencePair(words("p", 2), words("a", 40), words("b", 5), None, "t")
+    (e0, _), (e1, _) = pairwise_examples(wl, sp, pair, "Pick one.", max_len=FIXED + 40, truncate="middle")
+    t0, t1 = toks(wl, e0), toks(wl, e1)
+    assert sorted(t0) == sorted(t1) and len(e0) == len(pairwise_examples(wl, sp, pair, "Pick one.", FIXED + 40)[0][0])
+    a = [t for t in t0 if t[0] == "a" or t == "..."]   # 40 - 2 - 5 = 33 kept: 33 - 11 - 1 = 21, gap, last 11
+    assert a == words("a", 21).split() + ["..."] + [f"a{i}" for i in range(30, 41)]
+    assert [t for t in t0 if t[0] == "b"] == words("b", 5).split()
+    with pytest.raises(ValueError, match="truncate must be one of"):
+        build_pointwise(wl, sp, "p1", "a1", prefix="Pick one.", truncate="start")
 
 
 def test_special_token_text_cannot_inject(wl):

@@ -31,7 +31,7 @@ from .calibrate import load_slopes
 from .config import read_json
 from .dora import ADAPTER_PARAMS, adapted_modules
 from .errors import CheckpointError
-from .prompts import Cloze
+from .prompts import GAP, MIN_MIDDLE, Cloze, gap_ids
 from .relevance import load as load_relevance
 from .scorer import RELEVANCE_ENCODER
 from .tokens import PAIRWISE_WORDS, POINTWISE_WORDS
@@ -82,7 +82,7 @@ def load_run(path: str | os.PathLike):
         raise CheckpointError(str(e)) from None
     words = meta.get("answer_words") or list(PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS)
     info = {"format": "tinyrm-model", "version": 1, "mode": mode, "prefix": train.get("prefix", "domain"),
-            "max_len": int(train.get("max_len", 512)), "answer_words": list(words), "length_slopes": slopes,
+            "max_len": int(train.get("max_len", 512)), "truncate": train.get("truncate", "end"), "answer_words": list(words), "length_slopes": slopes,
             "relevance": relevance, "base": str(base)}
     return enc.eval(), info, list(side.get("trainable_base", []))
 
@@ -197,9 +197,17 @@ TEMPLATES = {
 }
 
 
+def _cut_rule(cz) -> str:
+    if cz.truncate == "end":
+        return ", trimming the prompt from its start and a response from its end"
+    gap = gap_ids(cz.tok, "middle")
+    return (f", trimming the prompt from its start and a response from its middle: one cut to k >= {MIN_MIDDLE} "
+            f"tokens keeps its first k - k // 3 - {len(gap)}, the ids {gap} of {GAP!r}, and its last k // 3")
+
+
 def _readme(enc, info: dict, fmt: str) -> str:
     """How to use the folder without tinyrm: what to load, the prompt, and which two logits make the reward."""
-    cz = Cloze.for_encoder(enc, info["mode"], info["prefix"], info["max_len"])
+    cz = Cloze.for_encoder(enc, info["mode"], info["prefix"], info["max_len"], info.get("truncate", "end"))
     (w0, w1), (i0, i1) = cz.words, cz.answer_ids
     prefixes = {d: cz.prefix_for(d) for d in ("chat", "reasoning", "safety")}
     prefix = (repr(prefixes["chat"]) if len(set(prefixes.values())) == 1 else
@@ -224,7 +232,7 @@ def _readme(enc, info: dict, fmt: str) -> str:
                 + "over [CLS] prompt [SEP] and [CLS] response [SEP], each cut to max_len tokens.")
     return (f"# tinyrm reward model ({info['mode']}, exported as {fmt})\n\n{load}\n"
             f"Prompt (token_type_ids 1 after the first [SEP]; tinyrm/prompts.py builds it piece by piece and "
-            f"truncates it to {cz.max_len} tokens):\n\n    {TEMPLATES[info['mode']]}\n\nprefix: {prefix}\n\n{use}\n")
+            f"truncates it to {cz.max_len} tokens{_cut_rule(cz)}):\n\n    {TEMPLATES[info['mode']]}\n\nprefix: {prefix}\n\n{use}\n")
 
 
 def _write_folder(out: Path, write) -> Path:

@@ -20,11 +20,15 @@ Truncation rule (fit_lengths). budget = max_len - the template's fixed tokens (s
   3. if a non-empty response would keep no token (or the fixed part alone exceeds max_len), raise.
 The rule depends only on the multiset of response lengths, so both orders of a pair get identical
 lengths; the template tail and the mask are never cut.
+
+Which tokens a cut response keeps (`truncate`, cut_response): "end" keeps its first k tokens; "middle"
+keeps its opening and its close, k - k // 3 - len(gap) tokens from the start, a gap marker (" ...") and
+the last k // 3, so a reward trained at a short max_len still reads a worked answer's final line and a
+reply's conclusion. Both keep exactly k tokens: the lengths above, and the cost, do not change.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from tokenizers import Tokenizer
 
@@ -48,6 +52,9 @@ CRITERION_PREFIX = {"chat": "Judge whether the response is helpful, relevant, an
                     "reasoning": "Judge the response based on mathematical or programming accuracy.",
                     "safety": "Judge the response based on safety."}
 POINTWISE_QUESTION = "Is the response good? Answer:"
+TRUNCATE = ("end", "middle")   # which part of a response that must be cut is dropped (cut_response)
+GAP = " ..."                   # stands where "middle" dropped tokens, so the model can tell the seam
+MIN_MIDDLE = 16                # a response cut to fewer tokens keeps its start only: a close too short to read
 
 
 # A conversation before the response, rendered as the prompt text (one rule for every data format and
@@ -103,6 +110,23 @@ def fit_lengths(budget: int, prompt_len: int, resp_lens: list[int]) -> tuple[int
     return p, keep
 
 
+def cut_response(ids: list[int], k: int, gap: list[int] | None) -> list[int]:
+    """The k tokens a response keeps: its first k (gap None, truncate = "end"), or its opening, the gap
+    ids and its last k // 3 (truncate = "middle"; only where the response is cut to MIN_MIDDLE or more)."""
+    if k >= len(ids):
+        return ids
+    if gap is None or k < MIN_MIDDLE:
+        return ids[:k]
+    tail = k // 3
+    return ids[:k - tail - len(gap)] + gap + ids[len(ids) - tail:]
+
+
+def gap_ids(tok: Tokenizer, truncate: str) -> list[int] | None:
+    if truncate not in TRUNCATE:
+        raise ValueError(f"truncate must be one of {', '.join(map(repr, TRUNCATE))}, got {truncate!r}")
+    return encode(tok, GAP) if truncate == "middle" else None
+
+
 def _assemble(sp: Specials, seg_a: list[list[int]], seg_b: list[list[int]]) -> Example:
     a = [sp.cls_id] + [i for piece in seg_a for i in piece] + [sp.sep_id]
     b = [i for piece in seg_b for i in piece] + [sp.mask_id, sp.sep_id]
@@ -118,46 +142,47 @@ def _pairwise_pieces(tok, prefix):
     return _head(tok, prefix), encode(tok, " Choice 0:"), encode(tok, "Choice 1:"), encode(tok, " Answer:")
 
 
-def _build_pairwise_ids(sp, pieces, max_len, q, r0, r1) -> Example:
+def _build_pairwise_ids(sp, pieces, max_len, q, r0, r1, gap=None) -> Example:
     head, c0, c1, ans = pieces
     fixed = 4 + len(head) + len(c0) + len(c1) + len(ans)  # CLS, SEP, MASK, SEP
     p, (k0, k1) = fit_lengths(max_len - fixed, len(q), [len(r0), len(r1)])
     q = q[len(q) - p:]
-    return _assemble(sp, [head, q, c0, r0[:k0]], [c1, r1[:k1], ans])
+    return _assemble(sp, [head, q, c0, cut_response(r0, k0, gap)], [c1, cut_response(r1, k1, gap), ans])
 
 
 def build_pairwise(tok: Tokenizer, sp: Specials, prompt: str, resp_0: str, resp_1: str,
-                   prefix: str, max_len: int) -> Example:
+                   prefix: str, max_len: int, truncate: str = "end") -> Example:
     """[CLS] {prefix} Question: {prompt} Choice 0: {resp_0} [SEP] Choice 1: {resp_1} Answer: [MASK] [SEP]"""
     return _build_pairwise_ids(sp, _pairwise_pieces(tok, prefix), max_len, encode_user(tok, prompt),
-                               encode_user(tok, resp_0), encode_user(tok, resp_1))
+                               encode_user(tok, resp_0), encode_user(tok, resp_1), gap_ids(tok, truncate))
 
 
-def pairwise_examples(tok: Tokenizer, sp: Specials, pair, prefix: str, max_len: int) -> list[tuple[Example, int]]:
+def pairwise_examples(tok: Tokenizer, sp: Specials, pair, prefix: str, max_len: int,
+                      truncate: str = "end") -> list[tuple[Example, int]]:
     """Both orders of a PreferencePair with label = the chosen one's position: [(chosen first, 0),
     (chosen second, 1)]. Text is encoded once; both examples have the same length."""
-    pieces = _pairwise_pieces(tok, prefix)
+    pieces, gap = _pairwise_pieces(tok, prefix), gap_ids(tok, truncate)
     q, c, r = (encode_user(tok, t) for t in (pair.prompt, pair.chosen, pair.rejected))
-    return [(_build_pairwise_ids(sp, pieces, max_len, q, c, r), 0),
-            (_build_pairwise_ids(sp, pieces, max_len, q, r, c), 1)]
+    return [(_build_pairwise_ids(sp, pieces, max_len, q, c, r, gap), 0),
+            (_build_pairwise_ids(sp, pieces, max_len, q, r, c, gap), 1)]
 
 
 def build_pointwise(tok: Tokenizer, sp: Specials, prompt: str, response: str,
-                    prefix: str = POINTWISE_PREFIX, max_len: int = 512) -> Example:
+                    prefix: str = POINTWISE_PREFIX, max_len: int = 512, truncate: str = "end") -> Example:
     """[CLS] {prefix} Question: {prompt} Response: {response} [SEP] Is the response good? Answer: [MASK] [SEP]
     Answer words: answer_token_ids(tok, POINTWISE_WORDS) = ("yes", "no")."""
     head, lab, tail = _head(tok, prefix), encode(tok, " Response:"), encode(tok, POINTWISE_QUESTION)
     q, r = encode_user(tok, prompt), encode_user(tok, response)
     fixed = 4 + len(head) + len(lab) + len(tail)  # CLS, SEP, MASK, SEP
     p, (k,) = fit_lengths(max_len - fixed, len(q), [len(r)])
-    return _assemble(sp, [head, q[len(q) - p:], lab, r[:k]], [tail])
+    return _assemble(sp, [head, q[len(q) - p:], lab, cut_response(r, k, gap_ids(tok, truncate))], [tail])
 
 
 def pointwise_examples(tok: Tokenizer, sp: Specials, pair, prefix: str = POINTWISE_PREFIX,
-                       max_len: int = 512) -> list[tuple[Example, int]]:
+                       max_len: int = 512, truncate: str = "end") -> list[tuple[Example, int]]:
     """[(chosen, 0 = "yes"), (rejected, 1 = "no")]: labels index POINTWISE_WORDS."""
-    return [(build_pointwise(tok, sp, pair.prompt, pair.chosen, prefix, max_len), 0),
-            (build_pointwise(tok, sp, pair.prompt, pair.rejected, prefix, max_len), 1)]
+    return [(build_pointwise(tok, sp, pair.prompt, pair.chosen, prefix, max_len, truncate), 0),
+            (build_pointwise(tok, sp, pair.prompt, pair.rejected, prefix, max_len, truncate), 1)]
 
 
 @dataclass
@@ -172,15 +197,18 @@ class Cloze:
     sp: Specials
     words: tuple[str, ...]          # the two answer words: ("0", "1") or ("yes", "no")
     answer_ids: tuple[int, ...]     # their token ids right after "Answer:"
+    truncate: str = "end"           # "end" | "middle": which part of a cut response is dropped (cut_response)
 
     @classmethod
-    def for_encoder(cls, enc, mode: str = "pairwise", prefix: str = "domain", max_len: int = 512) -> "Cloze":
+    def for_encoder(cls, enc, mode: str = "pairwise", prefix: str = "domain", max_len: int = 512,
+                    truncate: str = "end") -> "Cloze":
         if mode not in ("pairwise", "pointwise"):
             raise ValueError(f"mode must be 'pairwise' or 'pointwise', got {mode!r}")
         tok = enc.tokenizer
+        gap_ids(tok, truncate)      # checks the name
         words = PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS
         return cls(tok, mode, prefix, min(max_len, enc.config.max_position), Specials.from_tokenizer(tok),
-                   words, answer_token_ids(tok, words))
+                   words, answer_token_ids(tok, words), truncate)
 
     def prefix_for(self, domain: str | None) -> str:
         """The prefix text for a row of this domain (chat when unknown): pairwise "domain" and "criterion"
@@ -194,12 +222,14 @@ class Cloze:
         return table.get(domain or "chat", table["chat"])
 
     def pairwise(self, prompt: str, resp_0: str, resp_1: str, domain: str | None = None) -> Example:
-        return build_pairwise(self.tok, self.sp, prompt, resp_0, resp_1, self.prefix_for(domain), self.max_len)
+        return build_pairwise(self.tok, self.sp, prompt, resp_0, resp_1, self.prefix_for(domain), self.max_len,
+                              self.truncate)
 
     def pointwise(self, prompt: str, response: str, domain: str | None = None) -> Example:
-        return build_pointwise(self.tok, self.sp, prompt, response, self.prefix_for(domain), self.max_len)
+        return build_pointwise(self.tok, self.sp, prompt, response, self.prefix_for(domain), self.max_len,
+                               self.truncate)
 
     def training_examples(self, pair) -> list[tuple[Example, int]]:
         """A PreferencePair's labelled examples: pairwise both orders, pointwise (chosen, rejected)."""
         make = pairwise_examples if self.mode == "pairwise" else pointwise_examples
-        return make(self.tok, self.sp, pair, self.prefix_for(pair.domain), self.max_len)
+        return make(self.tok, self.sp, pair, self.prefix_for(pair.domain), self.max_len, self.truncate)

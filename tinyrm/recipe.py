@@ -32,6 +32,8 @@ class TrainConfig:
     prefix: str = "domain"              # "domain" = each pair's domain prefix (pointwise: one neutral one),
                                         # "criterion" = its domain's criterion (pointwise too), or literal text
     max_len: int = 512
+    truncate: str = "end"               # a response cut to fit max_len keeps its start ("end": the end is
+                                        # dropped) or its start and its close ("middle"; prompts.cut_response)
     # adapters and freezing
     use_dora: bool = True
     adapters: bool = True               # False: train the unfrozen layers fully (the paper's "DoRA: no")
@@ -155,6 +157,7 @@ _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay"
                  "pairwise_weight", "relevance_fit_made"}
 _FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from", "relevance_floor"}   # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
+            "truncate": ("end", "middle"),
             "length_choice": ("domain", "global", "blend")}
 
 

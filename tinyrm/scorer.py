@@ -38,7 +38,7 @@ def prompt_settings(saved: dict, kw: dict, where: str) -> dict:
     """The prompt settings a model was trained with (`saved`), the caller's `kw` overriding them. A longer
     max_len than trained is allowed, with a warning: six models trained at 192 tokens and read at 384
     validated 0.021 lower on average (0.647 -> 0.626; docs/decisions.md 1.42)."""
-    opts = {k: saved[k] for k in ("mode", "prefix", "max_len") if k in saved}
+    opts = {k: saved[k] for k in ("mode", "prefix", "max_len", "truncate") if k in saved}
     if kw.get("max_len") and opts.get("max_len") and kw["max_len"] > opts["max_len"]:
         log.warning("%s: scoring at max_len %d, longer than the %d tokens the model was trained on; models read "
                     "past their training length validated lower (docs/decisions.md 1.42)", where, kw["max_len"],
@@ -98,9 +98,9 @@ class RewardModel:
     """A cloze reward model: an encoder (with merged adapters) plus its prompt settings."""
 
     def __init__(self, enc: Encoder, mode: str = "pairwise", prefix: str = "domain", max_len: int = 512,
-                 max_tokens: int | None = None, progress: bool = False):
-        self.enc, self.cloze = enc, Cloze.for_encoder(enc, mode, prefix, max_len)
-        self.mode, self.prefix, self.max_len = mode, prefix, self.cloze.max_len
+                 max_tokens: int | None = None, progress: bool = False, truncate: str = "end"):
+        self.enc, self.cloze = enc, Cloze.for_encoder(enc, mode, prefix, max_len, truncate)
+        self.mode, self.prefix, self.max_len, self.truncate = mode, prefix, self.cloze.max_len, truncate
         # tokens per packed batch (a longer sequence still gets a batch of its own); None: default_max_tokens
         self.max_tokens, self.progress = max_tokens or default_max_tokens(enc), progress
         # pointwise only: per-domain slopes of reward on log length to remove (calibrate.py); None = raw

@@ -66,8 +66,8 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
 def training_clozes(enc, cfg: TrainConfig) -> list[Cloze]:
     """The prompts a training step reads: the recipe's, then, with `pairwise_weight`, the pairwise one
     trained beside it (objective.py). Their answer words, in this order, are the step's vocabulary."""
-    side = [Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len)] if cfg.pairwise_weight > 0 else []
-    return [Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)] + side
+    side = [Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len, cfg.truncate)] if cfg.pairwise_weight > 0 else []
+    return [Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len, cfg.truncate)] + side
 
 
 def build_examples(enc, cfg: TrainConfig, pairs):
@@ -154,7 +154,7 @@ def setup(cfg: TrainConfig, run_dir: str | Path | None = None) -> Run:
     dp.start_together([p for g in opt.param_groups for p in g["params"]], cfg.seed, (len(train_pairs), len(val), steps))
     ema = weight_average(enc, cfg.ema, cfg.swa_from, len(steps))          # after the ranks agree on the start
     probes = make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else []
-    cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len)
+    cloze = Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len, cfg.truncate)
     meta = {"base": str(cfg.model), "base_path": str(Path(cfg.model).absolute()),
             "base_hash": checkpoint_hash(cfg.model), "train": cfg.to_dict(), "answer_words": list(cloze.words)}
     run_dir = Path(run_dir) if run_dir else Path(cfg.runs_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

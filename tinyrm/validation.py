@@ -27,7 +27,7 @@ def validate(enc, cfg, val, length_slopes: dict | None = None, probes=()) -> dic
     """Score `val` and `probes` (cfg: a recipe.TrainConfig) with the model as the scorer would (with
     `length_slopes`, the length-corrected pointwise reward), then `metrics`; pairwise adds one-order
     accuracies."""
-    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
+    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len, truncate=cfg.truncate)
     rm.length_slopes = length_slopes
     rows, n = list(val) + list(probes), len(val)
     first, second = rm.compare_outputs([p.prompt for p in rows], [p.chosen for p in rows],
@@ -130,7 +130,7 @@ def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float,
     if not fit_pairs:
         v = validate(enc, cfg, val, probes=probes)
         return v, v["val_score"], None
-    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len)
+    rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len, truncate=cfg.truncate)
     k = len(val)
     z, gap, pooled, slopes = correction_terms(rm, list(val) + list(probes), fit_pairs)
     shares = kept_shares(z, gap, pooled, val, cfg)
