@@ -82,8 +82,8 @@ def load_run(path: str | os.PathLike):
         raise CheckpointError(str(e)) from None
     words = meta.get("answer_words") or list(PAIRWISE_WORDS if mode == "pairwise" else POINTWISE_WORDS)
     info = {"format": "tinyrm-model", "version": 1, "mode": mode, "prefix": train.get("prefix", "domain"),
-            "max_len": int(train.get("max_len", 512)), "truncate": train.get("truncate", "end"), "answer_words": list(words), "length_slopes": slopes,
-            "relevance": relevance, "base": str(base)}
+            "max_len": int(train.get("max_len", 512)), "truncate": train.get("truncate", "end"),
+            "answer_words": list(words), "length_slopes": slopes, "relevance": relevance, "base": str(base)}
     return enc.eval(), info, list(side.get("trainable_base", []))
 
 
