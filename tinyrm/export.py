@@ -232,7 +232,8 @@ def _readme(enc, info: dict, fmt: str) -> str:
                 + "over [CLS] prompt [SEP] and [CLS] response [SEP], each cut to max_len tokens.")
     return (f"# tinyrm reward model ({info['mode']}, exported as {fmt})\n\n{load}\n"
             f"Prompt (token_type_ids 1 after the first [SEP]; tinyrm/prompts.py builds it piece by piece and "
-            f"truncates it to {cz.max_len} tokens{_cut_rule(cz)}):\n\n    {TEMPLATES[info['mode']]}\n\nprefix: {prefix}\n\n{use}\n")
+            f"truncates it to {cz.max_len} tokens{_cut_rule(cz)}):\n\n    {TEMPLATES[info['mode']]}\n\n"
+            f"prefix: {prefix}\n\n{use}\n")
 
 
 def _write_folder(out: Path, write) -> Path:

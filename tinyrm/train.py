@@ -66,7 +66,8 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
 def training_clozes(enc, cfg: TrainConfig) -> list[Cloze]:
     """The prompts a training step reads: the recipe's, then, with `pairwise_weight`, the pairwise one
     trained beside it (objective.py). Their answer words, in this order, are the step's vocabulary."""
-    side = [Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len, cfg.truncate)] if cfg.pairwise_weight > 0 else []
+    side = ([Cloze.for_encoder(enc, "pairwise", cfg.prefix, cfg.max_len, cfg.truncate)]
+            if cfg.pairwise_weight > 0 else [])
     return [Cloze.for_encoder(enc, cfg.mode, cfg.prefix, cfg.max_len, cfg.truncate)] + side
 
 
