@@ -52,7 +52,8 @@ def test_side_pairwise_gradient_is_pointwise_plus_weighted_pairwise_mean(tiny):
     examples = [with_pairwise(point.training_examples(r), pair.training_examples(r)) for r in rows]
     assert [y for _, y in examples[0]] == [0, 1, AUX, AUX + 1]
     vocab = torch.tensor(point.answer_ids + pair.answer_ids)
-    cfg = type("C", (), {"mode": "pointwise", "margin": 0.0, "mlm_weight": 0.0, "pairwise_weight": 0.6})()
+    cfg = type("C", (), {"mode": "pointwise", "margin": 0.0, "label_smoothing": 0.0, "mlm_weight": 0.0,
+                         "pairwise_weight": 0.6})()
     n_diffs = 5                                          # this micro-batch holds 3 of the step's 5 pairs
     diff, tokens, _ = step_loss(enc, cfg, examples, [0, 1, 2], vocab, n_diffs,
                                 torch.autocast("cpu", enabled=False))
@@ -75,6 +76,33 @@ def test_side_pairwise_gradient_is_pointwise_plus_weighted_pairwise_mean(tiny):
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
     (point_only,) = torch.autograd.grad(-F.logsigmoid(want_diff).sum() / n_diffs, w_head)
     assert (want - point_only).abs().max() > 100 * tol              # the side term moves the gradient
+
+
+def test_label_smoothing_gradient_is_the_conservative_bradley_terry_loss(tiny):
+    """step_loss with `label_smoothing` ε: the gradient of Σ [(1-ε)·-log σ(d) + ε·-log σ(-d)] / n_diffs over
+    the pointwise diffs d = r(chosen) - r(rejected), written out in float64."""
+    enc = load_encoder(tiny).double()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    w_head = enc.head_modules()[0].dense.weight
+    w_head.requires_grad_(True)
+    point = Cloze.for_encoder(enc, "pointwise", "domain", 96)
+    rows = [_Pair(*t) for t in PAIRS]
+    examples = [point.training_examples(r) for r in rows]
+    vocab = torch.tensor(point.answer_ids)
+    cfg = type("C", (), {"mode": "pointwise", "margin": 0.0, "label_smoothing": 0.2, "mlm_weight": 0.0,
+                         "pairwise_weight": 0.0})()
+    step_loss(enc, cfg, examples, [0, 1, 2], vocab, 4, torch.autocast("cpu", enabled=False))
+    got, w_head.grad = w_head.grad.clone(), None
+
+    r = mask_logits(enc, [point.pointwise(x.prompt, y) for x in rows for y in (x.chosen, x.rejected)], vocab)
+    d = (r[:, 0] - r[:, 1])[0::2] - (r[:, 0] - r[:, 1])[1::2]
+    (want,) = torch.autograd.grad((0.8 * -F.logsigmoid(d) + 0.2 * -F.logsigmoid(-d)).sum() / 4, w_head,
+                                  retain_graph=True)
+    tol = f32_bound(want, n_terms=enc.config.hidden_size, steps=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    (plain,) = torch.autograd.grad(-F.logsigmoid(d).sum() / 4, w_head)
+    assert (want - plain).abs().max() > 100 * tol                    # the smoothing moves the gradient
 
 
 def test_examples_and_answer_words_with_and_without_side_rows(tiny, tmp_path):

@@ -53,9 +53,10 @@ def step_loss(enc, cfg, examples, pair_ids, vocab, n_diffs: int, autocast, exper
         diff = z[0::2] - z[1::2]                   # r(chosen) - r(rejected)
         if expert is not None:
             diff = diff + expert(pair_ids)          # + β_d · (log-length gap)
-    loss = bradley_terry_loss(diff, cfg.margin, reduction="sum") / n_diffs
+    loss = bradley_terry_loss(diff, cfg.margin, "sum", cfg.label_smoothing) / n_diffs
     if side_diff is not None:    # the mean over both orders of every pair in the step, weighted
-        loss = loss + cfg.pairwise_weight * bradley_terry_loss(side_diff, cfg.margin, reduction="sum") / (2 * n_diffs)
+        loss = loss + cfg.pairwise_weight * bradley_terry_loss(side_diff, cfg.margin, "sum",
+                                                                 cfg.label_smoothing) / (2 * n_diffs)
     if mlm_loss is not None:    # this micro-batch's share of the step's mean: weighted by its diffs
         loss = loss + cfg.mlm_weight * mlm_loss * (len(diff) / n_diffs)
     loss.backward()

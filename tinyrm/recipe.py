@@ -55,6 +55,8 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = 0                  # >0 caps the number of optimiser steps
     margin: float = 0.0                 # Bradley–Terry margin
+    label_smoothing: float = 0.0        # each pair's label is right with probability 1 - this (conservative
+                                        # Bradley–Terry): the loss stops pushing a pair past log((1-ε)/ε)
     amp: str = "auto"                   # "bf16": autocast matmuls to bfloat16 (weights, grads, optimiser stay
                                         # float32); "off"; "auto" = bf16 on CUDA, off on CPU
     seed: int = 17
@@ -159,6 +161,7 @@ _FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from"
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
             "truncate": ("end", "middle"),
             "length_choice": ("domain", "global", "blend")}
+_HALF = {"label_smoothing"}                                                                       # in [0, 0.5)
 
 
 def _check_value(name: str, value, where: str) -> None:
@@ -171,6 +174,8 @@ def _check_value(name: str, value, where: str) -> None:
         raise RecipeError(f"{where}: must be >= 0, got {value!r}")
     if name in _FRACTION and not 0 <= value < 1:
         raise RecipeError(f"{where}: must be in [0, 1), got {value!r}")
+    if name in _HALF and not 0 <= value < 0.5:
+        raise RecipeError(f"{where}: must be in [0, 0.5), got {value!r}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise RecipeError(f"{where}: must be one of {', '.join(map(repr, _CHOICES[name]))}, got {value!r}")
     if name == "betas" and (len(value) != 2 or not all(0 <= b < 1 and math.isfinite(b) for b in value)):
