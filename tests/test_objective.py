@@ -38,15 +38,20 @@ class _Pair:
         self.prompt, self.chosen, self.rejected, self.domain = prompt, chosen, rejected, domain
 
 
-def test_side_pairwise_gradient_is_pointwise_plus_weighted_pairwise_mean(tiny):
-    """step_loss with side rows: the pointwise Bradley–Terry sum over n_diffs plus pairwise_weight × the
-    pairwise Bradley–Terry sum over 2·n_diffs, each read from its own two answer words."""
+def _float64_head_only(tiny):
+    """The tiny encoder in float64 with only the MLM head's dense weight trainable, and its pointwise cloze."""
     enc = load_encoder(tiny).double()
     for p in enc.parameters():
         p.requires_grad_(False)
     w_head = enc.head_modules()[0].dense.weight
     w_head.requires_grad_(True)
-    point = Cloze.for_encoder(enc, "pointwise", "domain", 96)
+    return enc, w_head, Cloze.for_encoder(enc, "pointwise", "domain", 96)
+
+
+def test_side_pairwise_gradient_is_pointwise_plus_weighted_pairwise_mean(tiny):
+    """step_loss with side rows: the pointwise Bradley–Terry sum over n_diffs plus pairwise_weight × the
+    pairwise Bradley–Terry sum over 2·n_diffs, each read from its own two answer words."""
+    enc, w_head, point = _float64_head_only(tiny)
     pair = Cloze.for_encoder(enc, "pairwise", "domain", 96)
     rows = [_Pair(*t) for t in PAIRS]
     examples = [with_pairwise(point.training_examples(r), pair.training_examples(r)) for r in rows]
@@ -81,12 +86,7 @@ def test_side_pairwise_gradient_is_pointwise_plus_weighted_pairwise_mean(tiny):
 def test_label_smoothing_gradient_is_the_conservative_bradley_terry_loss(tiny):
     """step_loss with `label_smoothing` ε: the gradient of Σ [(1-ε)·-log σ(d) + ε·-log σ(-d)] / n_diffs over
     the pointwise diffs d = r(chosen) - r(rejected), written out in float64."""
-    enc = load_encoder(tiny).double()
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    w_head = enc.head_modules()[0].dense.weight
-    w_head.requires_grad_(True)
-    point = Cloze.for_encoder(enc, "pointwise", "domain", 96)
+    enc, w_head, point = _float64_head_only(tiny)
     rows = [_Pair(*t) for t in PAIRS]
     examples = [point.training_examples(r) for r in rows]
     vocab = torch.tensor(point.answer_ids)
