@@ -90,7 +90,8 @@ def test_bradley_terry_loss_hand_values():
     # label smoothing ε: -(1-ε)·log σ(x) - ε·log σ(-x), by hand; its gradient vanishes at x = log((1-ε)/ε)
     eps = 0.1
     sm = bradley_terry_loss(d[:3], reduction="none", smoothing=eps)
-    want = [-(1 - eps) * math.log(1 / (1 + math.exp(-x))) - eps * math.log(1 / (1 + math.exp(x))) for x in (0, 2, -1)]
+    want = [-(1 - eps) * math.log(1 / (1 + math.exp(-x))) - eps * math.log(1 / (1 + math.exp(x)))
+            for x in (0, 2, -1)]
     torch.testing.assert_close(sm, torch.tensor(want, dtype=torch.float64))
     x = torch.tensor([math.log(9.0)], dtype=torch.float64, requires_grad=True)
     bradley_terry_loss(x, smoothing=eps).backward()

@@ -110,7 +110,8 @@ def test_step_gradient_is_bt_plus_weighted_mean_mlm(tiny):
     w_head.requires_grad_(True)
     pairs = [[(cloze.pointwise(q, r), 0), (cloze.pointwise(q, r[: len(r) // 2]), 1)] for q, r in TEXTS]
     vocab = torch.tensor(cloze.answer_ids)
-    cfg = type("C", (), {"mode": "pointwise", "margin": 0.0, "label_smoothing": 0.0, "mlm_weight": 0.7, "mlm_frac": 0.3})()
+    cfg = type("C", (), {"mode": "pointwise", "margin": 0.0, "label_smoothing": 0.0, "mlm_weight": 0.7,
+                         "mlm_frac": 0.3})()
     n_diffs = 5                          # this micro-batch holds 3 of the step's 5 diffs
     step_loss(enc, cfg, pairs, [0, 1, 2], vocab, n_diffs, torch.autocast("cpu", enabled=False), None,
               (cloze.sp, mask_generator(9, 2, 1)))

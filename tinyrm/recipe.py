@@ -161,7 +161,6 @@ _FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from"
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
             "truncate": ("end", "middle"),
             "length_choice": ("domain", "global", "blend")}
-_HALF = {"label_smoothing"}                                                                       # in [0, 0.5)
 
 
 def _check_value(name: str, value, where: str) -> None:
@@ -174,7 +173,7 @@ def _check_value(name: str, value, where: str) -> None:
         raise RecipeError(f"{where}: must be >= 0, got {value!r}")
     if name in _FRACTION and not 0 <= value < 1:
         raise RecipeError(f"{where}: must be in [0, 1), got {value!r}")
-    if name in _HALF and not 0 <= value < 0.5:
+    if name == "label_smoothing" and not 0 <= value < 0.5:
         raise RecipeError(f"{where}: must be in [0, 0.5), got {value!r}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise RecipeError(f"{where}: must be one of {', '.join(map(repr, _CHOICES[name]))}, got {value!r}")
