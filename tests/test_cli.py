@@ -60,7 +60,7 @@ def test_missing_data_stops_train_and_eval_with_one_line_and_no_run_folder(tmp_p
     assert code == 2 and secs < 30 and str(empty / "rewardbench" / "filtered.jsonl") in line and "tinyrm data" in line
 
 
-def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, minilm_path):
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, minilm_path, tiny_modernbert):
     bad, good, no_pairs = tmp_path / "bad.jsonl", tmp_path / "good.jsonl", tmp_path / "no-pairs.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in _rows(20, 1)))
     bad.write_text(json.dumps(_rows(1)[0]) + "\n" + json.dumps(_rows(2)[1]) + "\n{oops\n")
@@ -72,6 +72,8 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, minilm_pa
         (["train", "--recipe", str(tmp_path / "r.toml")], str(tmp_path / "r.toml")),
         (["train", "--recipe", "default", "--data", str(good), "--model", str(minilm_path), "--freeze_layers", "6"],
          "freeze_layers = 6 freezes all 6 layers and the head: nothing to train"),   # MiniLM-L6 has 6 layers
+        (["train", "--recipe", "default", "--data", str(good), "--model", str(tiny_modernbert[0]),
+          "--hidden_dropout", "0.1"], "hidden_dropout = 0.1: hidden dropout is not implemented for ModernBert"),
         (["train", "--recipe", "default", "--data", str(no_pairs), "--model", str(minilm_path)],
          f"no training pairs left: skipped 2 of 2 rows in {no_pairs.name}: 2 missing field"),   # skip_bad = true
     ]

@@ -261,7 +261,7 @@ def test_wrong_types_in_every_recipe_field(tmp_path, capsys, key, value):
 @pytest.mark.parametrize("text", ['lr = 0', 'lr = -1e-3', 'eval_every = 0', 'save_every = 0', 'batch_pairs = 0',
                                   'val_frac = 1.0', 'betas = [0.9, 1.5]', 'betas = [0.9]', 'mode = "both"',
                                   'max_bad_steps = 0', 'targets = []', 'epochs = -1.0', 'truncate = "start"',
-                                  'label_smoothing = 0.5', 'label_smoothing = -0.1',
+                                  'label_smoothing = 0.5', 'label_smoothing = -0.1', 'hidden_dropout = 1.0',
                                   '[[data]]\npath = "x"\nweight = "2"', '[[data]]\npath = "x"\nweight = -1',
                                   '[[data]]\npath = "x"\nmax_rows = 1.5', '[[data]]\npath = 5',
                                   '[[data]]\npath = "x"\ndomain = 3'])
@@ -283,7 +283,8 @@ def test_garbage_recipe_files(tmp_path, raw):
 
 @pytest.mark.parametrize("override", [["--lr", "nan"], ["--lr", "-1"], ["--betas", "0.9"], ["--betas", "a,b"],
                                       ["--eval-every", "0"], ["--mode", "x"], ["--max-bad-steps", "many"],
-                                      ["--truncate", "head"], ["--label-smoothing", "0.7"]])
+                                      ["--truncate", "head"], ["--label-smoothing", "0.7"],
+                                      ["--hidden-dropout", "-0.1"]])
 def test_bad_overrides(override):
     with pytest.raises(RecipeError, match=f"override {override[0]}"):
         load_recipe("default", override)

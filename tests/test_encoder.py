@@ -128,6 +128,41 @@ def test_bert_mlm_head_matches_transformers(tmp_path, minilm_path):
     torch.testing.assert_close(ours[mask.bool()].double(), theirs[mask.bool()], **encoder_tol(enc, theirs[mask.bool()]))
 
 
+def test_bert_hidden_dropout_matches_transformers_training(minilm_path):
+    """`hidden_dropout` puts BERT's hidden_dropout_prob where transformers does: with one seed, our training
+    forward draws the same masks in the same order (one unpadded sequence, so the shapes' element orders
+    agree). Both sides run in float64, where the mask draws follow one code path; attention-probability
+    dropout is off on the reference, as we do not implement it."""
+    from transformers import BertModel
+
+    enc = tinyrm.load_encoder(minilm_path).double()
+    enc.set_hidden_dropout(0.1)
+    ref = BertModel.from_pretrained(minilm_path, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0).double()
+    ids = torch.tensor([enc.tokenizer.encode(SENTENCES[1]).ids])
+    mask = torch.ones_like(ids)
+    runs = {}
+    for train in (True, False):
+        enc.train(train), ref.train(train)
+        for seed in (3, 4):
+            torch.manual_seed(seed)
+            ours = enc.encode(ids, mask).detach()
+            torch.manual_seed(seed)
+            runs[train, seed] = ours, ref(input_ids=ids, attention_mask=mask).last_hidden_state.detach()
+    for (train, seed), (ours, theirs) in runs.items():
+        torch.testing.assert_close(ours.view_as(theirs), theirs, **encoder_tol(enc, theirs))
+    tol = encoder_tol(enc, runs[True, 3][1])["atol"]
+    assert (runs[True, 3][0] - runs[True, 4][0]).abs().max() > 100 * tol        # the masks are drawn ...
+    assert (runs[True, 3][0] - runs[False, 3][0]).abs().max() > 100 * tol       # ... in training only
+    assert torch.equal(runs[False, 3][0], runs[False, 4][0])
+
+
+def test_hidden_dropout_is_bert_only(tiny_modernbert):
+    enc = tinyrm.load_encoder(tiny_modernbert[0])
+    enc.set_hidden_dropout(0.0)
+    with pytest.raises(ValueError, match="ModernBert"):
+        enc.set_hidden_dropout(0.1)
+
+
 @pytest.mark.parametrize("arch", ["modernbert", "bert"])
 def test_last_layer_at_mask_rows_only(arch, tiny_modernbert, minilm_path):
     """encode_packed(p, rows) == encode_packed(p)[rows]; the tiny ModernBERT's last layer is a local

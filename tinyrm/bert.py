@@ -3,6 +3,11 @@
 Module names mirror transformers' `BertForMaskedLM` (`bert.*`, `cls.predictions.*`). Absolute position
 and token-type embeddings, post-norm layers, exact-GELU MLP. The MLM decoder is tied to the word
 embeddings; its bias (`cls.predictions.bias` in checkpoints) lives on the decoder here.
+
+Hidden dropout (`set_hidden_dropout`) sits where BERT's `hidden_dropout_prob` does: after the embeddings'
+norm and on the attention-output and MLP-output branches before their residual add, in training only. It
+is off unless a recipe asks for it; attention-probability dropout is not implemented (the packed attention
+kernels have no dropout).
 """
 from __future__ import annotations
 
@@ -23,11 +28,12 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.drop = 0.0
 
     def forward(self, p: Packed):  # -> [T, H]
         x = self.word_embeddings(p.input_ids) + self.position_embeddings(p.positions)
         tt = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
-        return self.LayerNorm(x + self.token_type_embeddings(tt))
+        return F.dropout(self.LayerNorm(x + self.token_type_embeddings(tt)), self.drop, self.training)
 
 
 class _Node(nn.Module):
@@ -54,6 +60,7 @@ class Layer(nn.Module):
         self.intermediate = _Node()
         self.intermediate.dense = nn.Linear(H, I)
         self.output = _dense_ln(cfg, I)
+        self.drop = 0.0  # hidden dropout on both residual branches (training only)
 
     def forward(self, x, p: Packed, rows: torch.Tensor | None = None):  # x [T, H] -> [T, H] (or [B, H] at rows)
         T = x.shape[0]
@@ -73,12 +80,12 @@ class Layer(nn.Module):
 
     def tail(self, x, o):  # residual x, attention output o [N, H] -> layer output [N, H]; per token
         ao = self.attention.output
-        x = ao.LayerNorm(x + ao.dense(o))
+        x = ao.LayerNorm(x + F.dropout(ao.dense(o), self.drop, self.training))
         up = self.intermediate.dense
         # plain or merged weights: one fused GEMM + GELU when scoring; an unmerged adapter: its own forward
         w = up.weight if type(up) is nn.Linear else getattr(up, "inference_weight", lambda: None)()
         h = linear_gelu(x, w, up.bias) if w is not None else F.gelu(up(x))             # [N, I]
-        return self.output.LayerNorm(x + self.output.dense(h))
+        return self.output.LayerNorm(x + F.dropout(self.output.dense(h), self.drop, self.training))
 
 
 class Bert(Encoder):
@@ -100,6 +107,10 @@ class Bert(Encoder):
     @property
     def layers(self):
         return self.bert.encoder.layer
+
+    def set_hidden_dropout(self, p: float) -> None:
+        for m in (self.bert.embeddings, *self.bert.encoder.layer):
+            m.drop = float(p)
 
     @property
     def embeddings(self):

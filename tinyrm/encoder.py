@@ -89,6 +89,12 @@ class Encoder(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
+    def set_hidden_dropout(self, p: float) -> None:
+        """Dropout on the residual branches while training (BERT's hidden_dropout_prob); 0 turns it off.
+        Only architectures that define where it goes have it."""
+        if p:
+            raise ValueError(f"hidden dropout is not implemented for {type(self).__name__}")
+
     def widest_features(self) -> int:
         """Features per token of the widest activation a layer allocates whole at inference (the scorer
         sizes CPU batches by it). Default: the fused QKV or MLP input projection, whichever is wider."""

@@ -41,6 +41,8 @@ class TrainConfig:
     alpha: float = 16.0
     targets: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
     dropout: float = 0.0                # adapter dropout on the adapter's input (PEFT's lora_dropout)
+    hidden_dropout: float = 0.0         # BERT: dropout on the embeddings and each layer's residual branches
+                                        # while training, as BERT was pretrained with (its config says 0.1)
     freeze_layers: int = 2
     # optimisation (paper defaults)
     lr: float = 3e-4
@@ -157,7 +159,7 @@ _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "sa
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
                  "aug_style", "aug_relevance", "aug_shuffle", "aug_neighbour", "probes", "mlm_weight", "train_pairs",
                  "pairwise_weight", "relevance_fit_made"}
-_FRACTION = {"dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from", "relevance_floor"}   # in [0, 1)
+_FRACTION = {"dropout", "hidden_dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from", "relevance_floor"}   # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
             "truncate": ("end", "middle"),
             "length_choice": ("domain", "global", "blend")}
