@@ -100,6 +100,22 @@ def test_exact_resume_bit_for_bit(tiny_bert, tmp_path):
     assert la == lb
 
 
+def test_hidden_dropout_resumes_exactly_and_changes_training(tiny_bert, tmp_path):
+    """The masks come from the saved torch RNG stream, so a stopped run resumes to the same bits; and they
+    are drawn (the adapters differ from a run without them), in training only (validation is the same
+    computation with or without the setting, so the untrained step-0 validation agrees)."""
+    data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
+    kw = dict(max_steps=6, hidden_dropout=0.2, eval_every=6, save_every=2)
+    full_and_resumed_agree(tmp_path, tiny_bert, data, kw, stop_after=3)
+    train(_cfg(tmp_path, tiny_bert, data, **{**kw, "hidden_dropout": 0.0}), run_dir=tmp_path / "plain")
+    a = load_file(tmp_path / "full" / "last" / "adapter.safetensors")
+    b = load_file(tmp_path / "plain" / "last" / "adapter.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    v0 = lambda d: next(r["val_score"] for r in rows(d) if r.get("step") == 0 and "val_score" in r)
+    assert v0(tmp_path / "full") == v0(tmp_path / "plain")
+
+
 def test_eval_untrained_off_skips_only_step_zero(tiny_bert, tmp_path):
     data = _write(tmp_path / "d.jsonl", repeat_task(60, 1))
     for flag, steps in ((True, [0, 2, 4]), (False, [2, 4])):
