@@ -7,7 +7,7 @@ import torch
 
 import tinyrm
 from conftest import padded_batch, write_modernbert
-from tolerance import encoder_tol, f32_tol  # float32 bounds from the computation (tests/tolerance.py)
+from tolerance import encoder_tol  # float32 bounds from the computation (tests/tolerance.py)
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.",
              "Reward models score a response to a prompt; smaller ones are cheaper to call at test time.",

@@ -30,7 +30,7 @@ from .batching import length_grouped_batches, micro_batches
 from .calibrate import FILE as LENGTH_FILE, LengthExpert, fit_sample, slopes_text
 from .checkpoint import find_resumable, load_trainer_state, save_checkpoint, trim_metrics
 from .dora import add_dora, freeze_layers, param_summary
-from .ema import weight_average
+from .ema import Ema, weight_average
 from .errors import RecipeError
 from .guard import note_step
 from .mix import load_data
