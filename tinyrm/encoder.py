@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .config import EncoderConfig
+from .errors import RecipeError
 
 
 @dataclass
@@ -91,9 +92,9 @@ class Encoder(nn.Module):
 
     def set_hidden_dropout(self, p: float) -> None:
         """Dropout on the residual branches while training (BERT's hidden_dropout_prob); 0 turns it off.
-        Only architectures that define where it goes have it."""
+        Only architectures that define where it goes have it (the recipe's `hidden_dropout`)."""
         if p:
-            raise ValueError(f"hidden dropout is not implemented for {type(self).__name__}")
+            raise RecipeError(f"hidden_dropout = {p}: hidden dropout is not implemented for {type(self).__name__}")
 
     def widest_features(self) -> int:
         """Features per token of the widest activation a layer allocates whole at inference (the scorer

@@ -51,10 +51,7 @@ def prepare_model(cfg: TrainConfig, device) -> torch.nn.Module:
     enc = load_encoder(cfg.model, device=device)
     if cfg.adapters:
         add_dora(enc, cfg.rank, cfg.alpha, cfg.targets, use_dora=cfg.use_dora, dropout=cfg.dropout)
-    try:
-        enc.set_hidden_dropout(cfg.hidden_dropout)
-    except ValueError as e:
-        raise RecipeError(f"hidden_dropout = {cfg.hidden_dropout}: {e}") from None
+    enc.set_hidden_dropout(cfg.hidden_dropout)          # a RecipeError where the architecture has none
     n = enc.config.num_layers
     freeze_layers(enc, min(cfg.freeze_layers, n))
     if enc.built_head and cfg.freeze_layers < n:
