@@ -21,6 +21,11 @@ from .config import EncoderConfig
 from .encoder import Encoder, Packed
 
 
+def _dropout(x, p: float, training: bool):
+    """Hidden dropout; scoring and p = 0 return x untouched (no call on the inference hot path)."""
+    return F.dropout(x, p, True) if training and p else x
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -33,7 +38,7 @@ class Embeddings(nn.Module):
     def forward(self, p: Packed):  # -> [T, H]
         x = self.word_embeddings(p.input_ids) + self.position_embeddings(p.positions)
         tt = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
-        return F.dropout(self.LayerNorm(x + self.token_type_embeddings(tt)), self.drop, self.training)
+        return _dropout(self.LayerNorm(x + self.token_type_embeddings(tt)), self.drop, self.training)
 
 
 class _Node(nn.Module):
@@ -80,12 +85,12 @@ class Layer(nn.Module):
 
     def tail(self, x, o):  # residual x, attention output o [N, H] -> layer output [N, H]; per token
         ao = self.attention.output
-        x = ao.LayerNorm(x + F.dropout(ao.dense(o), self.drop, self.training))
+        x = ao.LayerNorm(x + _dropout(ao.dense(o), self.drop, self.training))
         up = self.intermediate.dense
         # plain or merged weights: one fused GEMM + GELU when scoring; an unmerged adapter: its own forward
         w = up.weight if type(up) is nn.Linear else getattr(up, "inference_weight", lambda: None)()
         h = linear_gelu(x, w, up.bias) if w is not None else F.gelu(up(x))             # [N, I]
-        return self.output.LayerNorm(x + F.dropout(self.output.dense(h), self.drop, self.training))
+        return self.output.LayerNorm(x + _dropout(self.output.dense(h), self.drop, self.training))
 
 
 class Bert(Encoder):

@@ -159,7 +159,8 @@ _POSITIVE = {"max_len", "rank", "batch_pairs", "micro_tokens", "eval_every", "sa
 _NON_NEGATIVE = {"freeze_layers", "max_steps", "threads", "seed", "weight_decay", "final_lr_frac", "margin",
                  "aug_style", "aug_relevance", "aug_shuffle", "aug_neighbour", "probes", "mlm_weight", "train_pairs",
                  "pairwise_weight", "relevance_fit_made"}
-_FRACTION = {"dropout", "hidden_dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from", "relevance_floor"}   # in [0, 1)
+_FRACTION = {"dropout", "hidden_dropout", "val_frac", "warmup_frac", "ema", "mlm_frac", "swa_from",
+             "relevance_floor"}                                                                   # in [0, 1)
 _CHOICES = {"mode": ("pairwise", "pointwise"), "amp": ("auto", "bf16", "off"), "select": ("domain_mean", "acc"),
             "truncate": ("end", "middle"),
             "length_choice": ("domain", "global", "blend")}
