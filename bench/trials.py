@@ -8,7 +8,9 @@ average and the live weights: the checkpoint the selection rule keeps (the best 
 validations, the earlier step on equal scores; its reward form: raw, corrected, or for a run that chose
 per domain the share of the correction kept for chat/safety/reasoning) and its figures: the domain mean
 with its standard error, the length-balanced score, accuracy where the chosen answer is the longer / the
-shorter one, per domain, and per generated probe.
+shorter one, per domain, and per generated probe. A run that fitted the relevance floor after training
+(`relevance_floor`) gets one more row, "live + floor": the kept checkpoint scored with the floor, which is
+what the shipped reward computes and what the rules from decisions 1.38 on decide by.
 """
 from __future__ import annotations
 
@@ -26,6 +28,17 @@ def validations(run: Path) -> list[dict]:
         if "val_score" in r:
             rows[r["step"]] = r                   # a resumed run's later row of a step wins
     return [rows[k] for k in sorted(rows)]
+
+
+def floored(run: Path) -> dict | None:
+    """The run's last `relevance_*` row (train.py writes it once the floor is fitted, for the kept
+    checkpoint), without the prefix; None when the run fitted no floor."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "relevance_val_score" in r]
+    if not rows:
+        return None
+    r = rows[-1]
+    return {**{k[len("relevance_"):]: v for k, v in r.items() if k.startswith("relevance_")}, "step": r["step"]}
 
 
 def form(row: dict, prefix: str) -> dict:
@@ -69,6 +82,15 @@ def publish(text: str, records: list[dict], out: Path | None) -> None:
         out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def _row(run: str, weights: str, kept_as: str, k: dict) -> str:
+    probe = [_f(k.get(f"val_probe_{p}")) for p in PROBES]
+    return (f"| {run} | {weights} | {kept_as} | {_f(k['val_score'], k.get('val_domain_mean_se'))} | "
+            f"{_f(k.get('val_len_balanced'))} | {_f(k.get('val_acc_chosen_longer'))} | "
+            f"{_f(k.get('val_acc_chosen_shorter'))} | "
+            + " | ".join(_f(k.get(f"val_acc_{d}")) for d in ("chat", "safety", "reasoning"))
+            + " | " + " | ".join(probe) + " |")
+
+
 def table(runs: list[Path]) -> tuple[str, list[tuple[str, list[tuple[int, float]]]]]:
     head = ("| run | weights | kept | domain mean ± se | length-balanced | chosen longer | chosen shorter | "
             "chat | safety | reasoning | " + " | ".join(f"probe {p}" for p in PROBES) + " |")
@@ -81,14 +103,12 @@ def table(runs: list[Path]) -> tuple[str, list[tuple[str, list[tuple[int, float]
             k = kept(rows, prefix)
             if k is None:
                 continue
-            probe = [_f(k.get(f"val_probe_{p}")) for p in PROBES]
-            lines.append(f"| {run.name} | {name} | step {k['step']}, {k['form']} | "
-                         f"{_f(k['val_score'], k.get('val_domain_mean_se'))} | {_f(k.get('val_len_balanced'))} | "
-                         f"{_f(k.get('val_acc_chosen_longer'))} | {_f(k.get('val_acc_chosen_shorter'))} | "
-                         + " | ".join(_f(k.get(f"val_acc_{d}")) for d in ("chat", "safety", "reasoning"))
-                         + " | " + " | ".join(probe) + " |")
+            lines.append(_row(run.name, name, f"step {k['step']}, {k['form']}", k))
             curves.append((f"{run.name} ({name})", [(r["step"] * batch, form(r, prefix)["val_score"])
                                                      for r in rows if prefix + "val_score" in r]))
+        f = floored(run)
+        if f is not None:
+            lines.append(_row(run.name, "live + floor", f"step {f['step']}, as kept", f))
         paired += [(run.name, r["step"], form(r, "")["val_score"] - form(r, "live_")["val_score"])
                    for r in rows if "live_val_score" in r and r["step"] > 0]
     if paired:

@@ -328,6 +328,34 @@ def test_trials_table_keeps_what_the_selection_keeps(tmp_path):
     assert curves[0][1] == [(0, 0.50), (2400, 0.62), (4800, 0.62)]
 
 
+def test_trials_table_adds_the_floored_row_a_run_wrote(tmp_path):
+    """bench/trials.py: a run whose metrics hold `relevance_*` rows (the floor fitted after training) gets a
+    "live + floor" row with the last such row's figures, not the kept validation's; a run without none."""
+    import json as _json
+    import trials as TR
+    runs = []
+    for name, extra in (("floor", True), ("plain", False)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(_json.dumps({"batch_pairs": 16}))
+        rows = [{"step": 300, "val_score": 0.62, "val_acc_chat": 0.55}]
+        if extra:
+            rows += [{"step": 300, "relevance_val_score": 0.61, "relevance_val_probe_relevance": 0.80},
+                     {"step": 300, "relevance_val_score": 0.64, "relevance_val_domain_mean_se": 0.016,
+                      "relevance_val_acc_chat": 0.58, "relevance_val_probe_relevance": 0.90}]
+        (run / "metrics.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+        runs.append(run)
+    assert TR.floored(runs[1]) is None
+    f = TR.floored(runs[0])
+    assert (f["step"], f["val_score"], f["val_acc_chat"], f["val_probe_relevance"]) == (300, 0.64, 0.58, 0.90)
+    text, curves = TR.table(runs)
+    floor_rows = [x for x in text.splitlines() if "live + floor" in x]
+    assert floor_rows == ["| floor | live + floor | step 300, as kept | 0.640 ± 0.016 | — | — | — | 0.580 | — | — | "
+                          "— | 0.900 | — | — |"]
+    assert "| plain | live | step 300, raw | 0.620 | — | — | — | 0.550 |" in text
+    assert [c[0] for c in curves] == ["floor (live)", "plain (live)"]      # the floor adds no curve
+
+
 def test_score_memory_summary_by_hand_and_a_short_real_run(tmp_path, minilm_path):
     """bench/score_memory.py: tqdm's row count read from a stderr log, the tenths and growth by hand, and
     a real `tinyrm score` child on a tiny model: every row written, RSS sampled and reported."""
