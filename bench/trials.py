@@ -21,10 +21,13 @@ from pathlib import Path
 PROBES = ("style", "relevance", "shuffle", "neighbour")   # augment.KINDS
 
 
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def validations(run: Path) -> list[dict]:
     rows = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in metrics(run):
         if "val_score" in r:
             rows[r["step"]] = r                   # a resumed run's later row of a step wins
     return [rows[k] for k in sorted(rows)]
@@ -33,8 +36,7 @@ def validations(run: Path) -> list[dict]:
 def floored(run: Path) -> dict | None:
     """The run's last `relevance_*` row (train.py writes it once the floor is fitted, for the kept
     checkpoint), without the prefix; None when the run fitted no floor."""
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "relevance_val_score" in r]
+    rows = [r for r in metrics(run) if "relevance_val_score" in r]
     if not rows:
         return None
     r = rows[-1]
