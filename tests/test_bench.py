@@ -330,7 +330,7 @@ def test_trials_table_keeps_what_the_selection_keeps(tmp_path):
 
 def test_trials_table_adds_the_floored_row_a_run_wrote(tmp_path):
     """bench/trials.py: a run whose metrics hold `relevance_*` rows (the floor fitted after training) gets a
-    "live + floor" row with the last such row's figures, not the kept validation's; a run without none."""
+    "live + floor" row with the last such row's figures, not the kept validation's; a run without them gets none."""
     import json as _json
     import trials as TR
     runs = []
