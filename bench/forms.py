@@ -83,7 +83,7 @@ def reform(ckpt: Path, cfg, val, fit, out: Path) -> dict:
     rm = RewardModel.load(ckpt, mode=cfg.mode, prefix=cfg.prefix, max_len=cfg.max_len)
     probes = make_probes(val, cfg.probes, cfg.split_seed) if cfg.probes else []
     with torch.no_grad():
-        row, _, kept = validate_run(rm.enc, cfg, val, fit, probes)
+        row, _, kept, _ = validate_run(rm.enc, cfg, val, fit, probes)
     shutil.copytree(ckpt, out)
     (out / FILE).unlink(missing_ok=True)
     if kept:
@@ -113,7 +113,7 @@ def main() -> None:
         rec = next(json.loads(x) for x in (ckpt.parent / "metrics.jsonl").read_text().splitlines()
                    if '"val_score"' in x and json.loads(x)["step"] == step)
         rm = RewardModel.load(ckpt, mode=cfg.mode, prefix=cfg.prefix, max_len=cfg.max_len)
-        z, gap, _, slopes = correction_terms(rm, val, fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed))
+        z, gap, _, slopes, _ = correction_terms(rm, val, fit_sample(train_pairs, cfg.length_fit_pairs, cfg.seed))
         full = {k: metrics(z - s * gap, val, cfg.select)["val_score"] for k, s in (("raw", 0.0), ("corrected", 1.0))}
         cf = crossfit(z, gap, val, args.halvings, cfg.select)
         label = f"{ckpt.parent.name}/{ckpt.name}"

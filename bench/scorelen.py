@@ -58,7 +58,7 @@ def measure(run: Path, lens: list[int], halvings: int, floor: float) -> dict:
     for L in lens:
         t0 = time.perf_counter()
         rm = RewardModel(kept.enc, cfg.mode, cfg.prefix, L, truncate=cfg.truncate)
-        z, gap, pooled, slopes = correction_terms(rm, rows, fit_len)   # z, gap [N]: raw logit, length term
+        z, gap, pooled, slopes, _ = correction_terms(rm, rows, fit_len)   # z, gap [N]: raw logit, length term
         shares = kept_shares(z, gap, pooled, val, cfg)                 # what validate_run keeps
         zl = shared(z, gap, rows, shares)
         rm.length_slopes = scaled_slopes(slopes, shares)

@@ -4,6 +4,7 @@ float32 and bf16 matmul peaks, bf16-vs-float32 preference agreement, the bf16 ro
 claimed), memory probes, and a CPU smoke run of bench/gpu.py."""
 from __future__ import annotations
 
+import gc
 import json
 import importlib
 import subprocess
@@ -107,6 +108,7 @@ def test_summary_rows_goals():
 
 def test_matmul_peak_and_memory_probes():
     assert M.matmul_peak(n=64, reps=2, inner=1) > 0
+    gc.collect()      # else earlier tests' garbage, collected mid-test, can drop the RSS below `base`
     base = M.rss_mb()
     if not M.reset_peak_rss():
         pytest.skip("no /proc/self/clear_refs here")

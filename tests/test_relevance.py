@@ -192,3 +192,58 @@ def test_reading_past_the_trained_length_is_allowed_with_a_warning(floored_run, 
         assert (as_trained.max_len, longer.max_len, shorter.max_len) == (128, 256, 64)
         assert len(longer.cloze.pointwise("q", long).input_ids) == 256
         assert len(as_trained.cloze.pointwise("q", long).input_ids) == 128
+
+
+def test_the_floors_validation_adds_its_terms_to_the_kept_rewards(tiny_bert, tmp_path, monkeypatch):
+    """The validation that keeps a checkpoint hands on its raw rewards of val + probes (kept in the trainer
+    state's best); after training, the floor's validation adds the length and relevance terms to them
+    (RewardModel.add_terms) instead of a second forward over every answer. They agree with a fresh scoring
+    within float32 rounding (that pass batches the answers beside the length-fit pairs), so the recorded
+    figures are the fresh scoring's; without them attach_to_run scores afresh, as it did before."""
+    from test_train import _cfg, _write, repeat_task
+    from tinyrm.augment import probes as make_probes
+    from tinyrm.checkpoint import load_trainer_state
+    from tinyrm.mix import load_data
+    from tinyrm.train import train
+    from tinyrm.validation import metrics, probe_metrics
+    rows = repeat_task(80, 5) + [dict(r, domain="safety") for r in repeat_task(80, 6)]
+    cfg = _cfg(tmp_path, tiny_bert, _write(tmp_path / "d.jsonl", rows), mode="pointwise", max_steps=3, probes=2,
+               length_correct=True, length_fit_pairs=16, relevance_floor=0.2, relevance_fit_pairs=12,
+               relevance_fit_made=5)
+    scored = []                                       # how many answers each forward pass of the scorer read
+    forward = RewardModel._logits
+    monkeypatch.setattr(RewardModel, "_logits", lambda self, exs: scored.append(len(exs)) or forward(self, exs))
+    train(cfg, run_dir=tmp_path / "run")
+    train_pairs, val, _ = load_data(cfg)
+    probes = make_probes(val, cfg.probes, cfg.split_seed)
+    held = list(val) + list(probes)
+    n, doms = len(held), [p.domain for p in held] * 2
+    qs, answers = [p.prompt for p in held] * 2, [p.chosen for p in held] + [p.rejected for p in held]
+    kept = load_trainer_state(tmp_path / "run" / "last")["best"]["rewards"]            # [2, n]
+    assert kept.shape == (2, n) and kept.dtype == torch.float32 and len(probes) > 0
+    row = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+
+    rm = RewardModel.load(tmp_path / "run")                       # with its length slopes and the floor
+    assert rm.relevance is not None
+    terms = (rm.relevance, rm.embedder, rm.length_slopes)
+    rm.relevance = rm.embedder = rm.length_slopes = None
+    fresh = torch.tensor(rm.score(qs, answers, doms))                                  # [2n] raw, alone
+    tol = reward_bound(rm.enc) / 2                                                     # one reward, two passes
+    torch.testing.assert_close(kept.reshape(-1), fresh, rtol=0, atol=tol)
+    rm.relevance, rm.embedder, rm.length_slopes = terms
+    z_fresh = rm.compare_logits(qs[:n], answers[:n], answers[n:], doms[:n])            # [n] what a user gets
+    r = rm.add_terms(kept.reshape(-1), qs, answers, doms)
+    z_kept = r[:n] - r[n:]
+    # the terms are identical arithmetic on both sides: only the two rewards' rounding separates them
+    torch.testing.assert_close(z_kept, z_fresh, rtol=0, atol=2 * tol + 8 * U32 * r.abs().max().item())
+    assert (z_fresh.abs() > 1e-3).all()           # no pair near a tie, so rounding cannot flip a verdict
+    want = {**metrics(z_fresh[:len(val)], val, cfg.select), **probe_metrics(z_fresh[len(val):], probes)}
+    assert {k: row[f"relevance_{k}"] for k in want if want[k] == want[k]} == {k: v for k, v in want.items() if v == v}
+
+    # the floor's validation read only the fit rows' answers; without the rewards it reads every held one too
+    calls, step = [], json.loads((tmp_path / "run" / "summary.json").read_text())["best_step"]
+    for given in (kept, None):
+        scored.clear()
+        F.attach_to_run(cfg, tmp_path / "run" / "best", step, train_pairs, val, probes, "cpu", lambda _: None, given)
+        calls.append(sum(scored))
+    assert calls[1] - calls[0] == 2 * n

@@ -199,11 +199,18 @@ class RewardModel:
             raise TinyrmError(f"score(): {len(prompts)} prompts but {len(domains)} domains")
         doms = domains if domains is not None else [None] * len(prompts)   # a "criterion" prefix reads them
         r = self._logits([self.cloze.pointwise(q, r, d) for q, r, d in zip(prompts, responses, doms, strict=True)])
+        return self.add_terms(r, prompts, responses, domains).tolist()
+
+    def add_terms(self, raw: torch.Tensor, prompts, responses, domains=None) -> torch.Tensor:
+        """[N] float32 raw rewards (the cloze logits alone) -> the rewards score() returns: the length and
+        relevance terms the model carries, added as score() adds them. Rewards scored before (training's
+        own validation pass) take the same form here without a second forward."""
+        r = raw
         if self.length_slopes:
             r = r - length_term(self.length_slopes, responses, domains).float()
         if self.relevance:       # + β_d·min(0, cos(prompt, response) − τ_d): only below the floor
             r = r + relevance_term(self.relevance, self.embedder.cosines(prompts, responses), domains).float()
-        return r.tolist()
+        return r
 
     def compare_outputs(self, prompts, responses_a, responses_b, domains=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's two outputs per pair, for pair_logit: pairwise (z_ab, z_ba), pointwise (r_a, r_b)."""

@@ -205,13 +205,13 @@ def validate_and_keep(run: Run, step: int) -> tuple[dict, float]:
             live = validate_run(run.enc, run.cfg, run.val, fit, run.probes)[0]
     with run.ema.swapped() if run.ema is not None else contextlib.nullcontext():
         with for_inference(run.enc, run.autocast):
-            v, score, slopes = validate_run(run.enc, run.cfg, run.val, fit, run.probes)
+            v, score, slopes, rewards = validate_run(run.enc, run.cfg, run.val, fit, run.probes)
         run.record({"step": step, **v, **{f"live_{k}": x for k, x in (live or v if compare else {}).items()}})
         if score > run.best["val_score"]:
             run.best.update(val_score=score, val_acc=v.get("kept_val_acc", v["val_acc"]), step=step,
                             raw_val_score=v["val_score"], length_shares=v.get("length_shares"),
                             length_corrected=slopes is not None, corrected_val_score=v.get("corrected_val_score"),
-                            corrected_val_acc=v.get("corrected_val_acc"))
+                            corrected_val_acc=v.get("corrected_val_acc"), rewards=rewards)
             files = {LENGTH_FILE: slopes_text(slopes, {"fitted_on": f"{len(run.fit)} training pairs", "step": step})
                      } if slopes else None
             save_checkpoint(run.run_dir / "best", run.enc, {**run.meta, "step": step, **v}, files=files)

@@ -27,6 +27,11 @@ def validate(enc, cfg, val, length_slopes: dict | None = None, probes=()) -> dic
     """Score `val` and `probes` (cfg: a recipe.TrainConfig) with the model as the scorer would (with
     `length_slopes`, the length-corrected pointwise reward), then `metrics`; pairwise adds one-order
     accuracies."""
+    return _validate(enc, cfg, val, length_slopes, probes)[0]
+
+
+def _validate(enc, cfg, val, length_slopes, probes) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """validate()'s figures and the model's two outputs per pair of val + probes (compare_outputs)."""
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len, truncate=cfg.truncate)
     rm.length_slopes = length_slopes
     rows, n = list(val) + list(probes), len(val)
@@ -41,7 +46,7 @@ def validate(enc, cfg, val, length_slopes: dict | None = None, probes=()) -> dic
                "val_acc_chosen_second": (z_ba < 0).float().mean().item(),
                "val_same_verdict_both_orders": ((z_ab > 0) == (z_ba < 0)).float().mean().item()}
     z = pair_logit(first, second, cfg.mode)
-    return {**metrics(z[:n], val, cfg.select), **probe_metrics(z[n:], probes), **out}
+    return {**metrics(z[:n], val, cfg.select), **probe_metrics(z[n:], probes), **out}, first, second
 
 
 def probe_metrics(z: torch.Tensor, probes) -> dict:
@@ -69,11 +74,12 @@ def for_inference(enc, autocast=None):
         enc.train(was)
 
 
-def correction_terms(rm, held, sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+def correction_terms(rm, held, sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, torch.Tensor]:
     """One scoring pass over both responses of the `held` pairs (validation and probes, scored, never
     fitted on) and of the fitting `sample` (training pairs) -> (z [H] raw pair logits, gap [H] the length
     term of the domain slopes, chosen minus rejected, pooled [H] the same with the pooled slope "*", the
-    slopes fitted on the sample). z − gap is exactly the scorer's corrected score() difference for a pair."""
+    slopes fitted on the sample, raw [2, H] the float32 raw rewards of the held chosen and rejected
+    answers). z − gap is exactly the scorer's corrected score() difference for a pair."""
     if rm.mode != "pointwise":
         raise ValueError("length correction is for pointwise models; this one is pairwise")
     rows, n = list(held) + list(sample), len(held)
@@ -93,7 +99,7 @@ def correction_terms(rm, held, sample) -> tuple[torch.Tensor, torch.Tensor, torc
     def gap(ds):
         return pair_logit(length_term(slopes, [p.chosen for p in held], ds),
                           length_term(slopes, [p.rejected for p in held], ds), "pointwise")
-    return z, gap(doms), gap(None), slopes
+    return z, gap(doms), gap(None), slopes, torch.stack([r_c[:n], r_r[:n]]).float()   # float64 of float32: exact
 
 
 # The shares of the length correction a validation may choose from: 0 is the raw reward, 1 the corrected.
@@ -120,19 +126,21 @@ def shared(z, gap, val, shares: dict[str, float]) -> torch.Tensor:
     return z - torch.tensor([shares.get(p.domain or "none", 0.0) for p in val], dtype=z.dtype) * gap
 
 
-def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float, dict | None]:
+def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float, dict | None, torch.Tensor | None]:
     """One validation during training -> (metrics row, the score the selection uses, length slopes to
-    store with the checkpoint or None). With `fit_pairs` (a pointwise model with the length correction
-    on), the raw and the corrected reward are both validated, each domain takes the share of the correction
-    that validates best (cfg.length_choice, choose_shares), and the reward so formed is the checkpoint's:
-    its metrics are the row's `kept_*`, its score the selection's, its slopes (each domain's share of the
-    fitted slope; the pooled "*" by the same rule over all pairs) what the scorer will apply."""
+    store with the checkpoint or None, and for a pointwise model the raw rewards [2, N] of the chosen and
+    the rejected answers of val + probes, which the relevance floor's validation reuses; else None).
+    With `fit_pairs` (a pointwise model with the length correction on), the raw and the corrected reward
+    are both validated, each domain takes the share of the correction that validates best
+    (cfg.length_choice, choose_shares), and the reward so formed is the checkpoint's: its metrics are the
+    row's `kept_*`, its score the selection's, its slopes (each domain's share of the fitted slope; the
+    pooled "*" by the same rule over all pairs) what the scorer will apply."""
     if not fit_pairs:
-        v = validate(enc, cfg, val, probes=probes)
-        return v, v["val_score"], None
+        v, first, second = _validate(enc, cfg, val, None, probes)
+        return v, v["val_score"], None, torch.stack([first, second]) if cfg.mode == "pointwise" else None
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len, truncate=cfg.truncate)
     k = len(val)
-    z, gap, pooled, slopes = correction_terms(rm, list(val) + list(probes), fit_pairs)
+    z, gap, pooled, slopes, raw = correction_terms(rm, list(val) + list(probes), fit_pairs)
     shares = kept_shares(z, gap, pooled, val, cfg)
 
     def row(zz) -> dict:
@@ -141,7 +149,7 @@ def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float,
     out = {**row(z), "length_slopes": slopes, **{f"corrected_{x}": v for x, v in row(z - gap).items()},
            "length_shares": shares, **{f"kept_{x}": v for x, v in kept.items()},
            "length_corrected": any(shares.values())}
-    return out, kept["val_score"], scaled_slopes(slopes, shares)
+    return out, kept["val_score"], scaled_slopes(slopes, shares), raw
 
 
 def kept_shares(z, gap, pooled, val, cfg) -> dict[str, float]:
