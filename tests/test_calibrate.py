@@ -154,7 +154,7 @@ def test_validate_run_rule(monkeypatch):
     is the selection's, and the stored slopes are the fitted ones times the shares ("*" by the pooled slope
     over all pairs); "global" gives every domain and "*" one share, as before per-domain choice; without a
     fitting sample, plain validation. A pointwise model's raw rewards come back unchanged (the relevance
-    floor's validation reuses them); a pairwise model has none."""
+    floor's validation reuses them); a pairwise model has none, nor does a pass under bf16 autocast."""
     from tinyrm.data import PreferencePair as P
     import tinyrm.validation as V
 
@@ -165,23 +165,26 @@ def test_validate_run_rule(monkeypatch):
     slopes = {"chat": 0.5, "safety": 0.25, "*": 0.4}
     monkeypatch.setattr(V, "RewardModel", lambda *a, **k: None)
     helps, hurts = torch.tensor([0., 0, 0, -2, 0, 0]), torch.tensor([2., 2, 2, 0, 0, 0])    # 6/6 and 2/6 pooled
-    raw = torch.arange(12.).reshape(2, 6)
+    raw, enc = torch.arange(12.).reshape(2, 6), torch.nn.Linear(1, 1)   # enc: only its device is read
     for pooled, star in ((helps, 1.0), (hurts, 0.0)):
         monkeypatch.setattr(V, "correction_terms", lambda rm, held, fit, p=pooled: (z, gap, p.double(), slopes, raw))
-        row, score, kept, rewards = V.validate_run(None, TrainConfig(mode="pointwise"), val, fit_pairs=["a pair"])
+        row, score, kept, rewards = V.validate_run(enc, TrainConfig(mode="pointwise"), val, fit_pairs=["a pair"])
         assert rewards is raw
         assert row["length_shares"] == {"chat": 0.0, "safety": 1.0, "*": star}
         assert score == row["kept_val_score"] == 1.0
         assert row["val_score"] == pytest.approx(5 / 6) and row["corrected_val_score"] == pytest.approx(2 / 3)
         assert kept == {"chat": 0.0, "safety": 0.25, "*": 0.4 * star} and row["length_corrected"]
-    row, score, kept, _ = V.validate_run(None, TrainConfig(mode="pointwise", length_choice="global"), val, ["a pair"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        row, score, kept, rewards = V.validate_run(enc, TrainConfig(mode="pointwise", length_choice="global"), val,
+                                                   ["a pair"])
+    assert rewards is None
     assert row["length_shares"] == {"chat": 0.0, "safety": 0.0, "*": 0.0} and kept is None
     assert score == row["kept_val_score"] == pytest.approx(5 / 6)
     assert not row["length_corrected"]
     first, second = torch.tensor([0.5, 2.0]), torch.tensor([1.0, -1.0])
     monkeypatch.setattr(V, "_validate", lambda enc, cfg, val, slopes, probes: ({"val_score": 0.4}, first, second))
-    assert V.validate_run(None, TrainConfig(mode="pairwise"), [], None) == ({"val_score": 0.4}, 0.4, None, None)
-    row, score, kept, rewards = V.validate_run(None, TrainConfig(mode="pointwise"), [], None)
+    assert V.validate_run(enc, TrainConfig(mode="pairwise"), [], None) == ({"val_score": 0.4}, 0.4, None, None)
+    row, score, kept, rewards = V.validate_run(enc, TrainConfig(mode="pointwise"), [], None)
     assert (row, score, kept) == ({"val_score": 0.4}, 0.4, None)
     assert torch.equal(rewards, torch.tensor([[0.5, 2.0], [1.0, -1.0]]))
 

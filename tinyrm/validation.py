@@ -128,16 +128,18 @@ def shared(z, gap, val, shares: dict[str, float]) -> torch.Tensor:
 
 def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float, dict | None, torch.Tensor | None]:
     """One validation during training -> (metrics row, the score the selection uses, length slopes to
-    store with the checkpoint or None, and for a pointwise model the raw rewards [2, N] of the chosen and
-    the rejected answers of val + probes, which the relevance floor's validation reuses; else None).
+    store with the checkpoint or None, and for a pointwise model scored in float32 the raw rewards [2, N]
+    of the chosen and the rejected answers of val + probes, which the relevance floor's validation reuses;
+    else None: that validation reports what the float32 scorer gives, so a bf16 pass's rewards won't do).
     With `fit_pairs` (a pointwise model with the length correction on), the raw and the corrected reward
     are both validated, each domain takes the share of the correction that validates best
     (cfg.length_choice, choose_shares), and the reward so formed is the checkpoint's: its metrics are the
     row's `kept_*`, its score the selection's, its slopes (each domain's share of the fitted slope; the
     pooled "*" by the same rule over all pairs) what the scorer will apply."""
+    f32 = not torch.is_autocast_enabled(next(enc.parameters()).device.type)    # under the step's autocast?
     if not fit_pairs:
         v, first, second = _validate(enc, cfg, val, None, probes)
-        return v, v["val_score"], None, torch.stack([first, second]) if cfg.mode == "pointwise" else None
+        return v, v["val_score"], None, torch.stack([first, second]) if cfg.mode == "pointwise" and f32 else None
     rm = RewardModel(enc, cfg.mode, cfg.prefix, cfg.max_len, truncate=cfg.truncate)
     k = len(val)
     z, gap, pooled, slopes, raw = correction_terms(rm, list(val) + list(probes), fit_pairs)
@@ -149,7 +151,7 @@ def validate_run(enc, cfg, val, fit_pairs=None, probes=()) -> tuple[dict, float,
     out = {**row(z), "length_slopes": slopes, **{f"corrected_{x}": v for x, v in row(z - gap).items()},
            "length_shares": shares, **{f"kept_{x}": v for x, v in kept.items()},
            "length_corrected": any(shares.values())}
-    return out, kept["val_score"], scaled_slopes(slopes, shares), raw
+    return out, kept["val_score"], scaled_slopes(slopes, shares), raw if f32 else None
 
 
 def kept_shares(z, gap, pooled, val, cfg) -> dict[str, float]:
