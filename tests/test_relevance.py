@@ -232,8 +232,8 @@ def test_the_floors_validation_adds_its_terms_to_the_kept_rewards(tiny_bert, tmp
     torch.testing.assert_close(kept.reshape(-1), fresh, rtol=0, atol=tol)
     rm.relevance, rm.embedder, rm.length_slopes = terms
     z_fresh = rm.compare_logits(qs[:n], answers[:n], answers[n:], doms[:n])            # [n] what a user gets
-    r = rm.add_terms(kept.reshape(-1), qs, answers, doms)
-    z_kept = r[:n] - r[n:]
+    z_kept = rm.compare_logits(qs[:n], answers[:n], answers[n:], doms[:n], raw=kept)   # the terms added alone
+    r = rm.add_terms(kept.reshape(-1), qs, answers, doms)                              # its rewards, for the bound
     # the terms are identical arithmetic on both sides: only the two rewards' rounding separates them
     torch.testing.assert_close(z_kept, z_fresh, rtol=0, atol=2 * tol + 8 * U32 * r.abs().max().item())
     assert (z_fresh.abs() > 1e-3).all()           # no pair near a tie, so rounding cannot flip a verdict

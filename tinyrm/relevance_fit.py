@@ -11,7 +11,7 @@ import torch
 from .atomic import atomic_write
 from .augment import KINDS, make
 from .relevance import FILE, SentenceEmbedder, shortfall
-from .scorer import RewardModel, pair_logit
+from .scorer import RewardModel
 from .validation import metrics, probe_metrics
 
 MADE = "relevance:"       # the source prefix of a generated relevance pair (augment._pair)
@@ -85,7 +85,7 @@ def attach_to_run(cfg, best: Path, step: int, train_pairs, val, probes, device, 
     checkpoint `best`, store it beside it, and validate the kept reward with it once, `record`ing a row of
     relevance_* figures. The checkpoint was chosen without the floor; this only adds the term. `rewards`
     [2, N]: the checkpoint's raw rewards of val + probes, chosen then rejected, from the validation that
-    kept it (validate_run); the floor's validation then adds the terms to them (RewardModel.add_terms)
+    kept it (validate_run); the floor's validation then adds the terms to them (compare_logits' `raw`)
     instead of scoring every answer again. Returns the figures with the fitted values (the summary's
     "relevance")."""
     rm = RewardModel.load(best, device=device)
@@ -97,14 +97,11 @@ def attach_to_run(cfg, best: Path, step: int, train_pairs, val, probes, device, 
     atomic_write(Path(best) / FILE, text(fitted, {"fitted_on": f"{len(rows)} training rows", "step": step}))
     rm.relevance, rm.embedder = fitted, emb
     rs = list(val) + list(probes)
-    qs, doms, n = [p.prompt for p in rs], [p.domain for p in rs], len(rs)
-    if rewards is not None and tuple(rewards.shape) == (2, n):
-        # the same rewards up to float32 rounding: that pass scored them in other batches, beside the
-        # length-fit pairs (docs/decisions.md 1.53)
-        r = rm.add_terms(rewards.reshape(-1), qs * 2, [p.chosen for p in rs] + [p.rejected for p in rs], doms * 2)
-        z = pair_logit(r[:n], r[n:], rm.mode)
-    else:
-        z = rm.compare_logits(qs, [p.chosen for p in rs], [p.rejected for p in rs], doms)
+    # the same rewards as scoring afresh up to float32 rounding: that pass batched them beside the
+    # length-fit pairs (docs/decisions.md 1.53)
+    raw = rewards if rewards is not None and tuple(rewards.shape) == (2, len(rs)) else None
+    z = rm.compare_logits([p.prompt for p in rs], [p.chosen for p in rs], [p.rejected for p in rs],
+                          [p.domain for p in rs], raw)
     m = {**metrics(z[:len(val)], list(val), cfg.select), **probe_metrics(z[len(val):], list(probes))}
     record({"step": step, **{f"relevance_{k}": v for k, v in m.items()}})
     keep = ("val_score", "val_len_balanced", "val_acc_chosen_longer", "val_acc_chosen_shorter")

@@ -212,17 +212,20 @@ class RewardModel:
             r = r + relevance_term(self.relevance, self.embedder.cosines(prompts, responses), domains).float()
         return r
 
-    def compare_outputs(self, prompts, responses_a, responses_b, domains=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's two outputs per pair, for pair_logit: pairwise (z_ab, z_ba), pointwise (r_a, r_b)."""
+    def compare_outputs(self, prompts, responses_a, responses_b, domains=None,
+                        raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's two outputs per pair, for pair_logit: pairwise (z_ab, z_ba), pointwise (r_a, r_b).
+        Pointwise `raw` [2, N]: the raw rewards of a and of b, scored before; only the terms are added."""
         if self.mode == "pairwise":
             return self.pairwise_logits(prompts, responses_a, responses_b, domains)
-        r = torch.tensor(self.score(list(prompts) * 2, list(responses_a) + list(responses_b), domains and domains * 2))
+        qs, rs, ds = list(prompts) * 2, list(responses_a) + list(responses_b), domains and domains * 2
+        r = torch.tensor(self.score(qs, rs, ds)) if raw is None else self.add_terms(raw.reshape(-1), qs, rs, ds)
         n = len(prompts)
         return r[:n], r[n:]
 
-    def compare_logits(self, prompts, responses_a, responses_b, domains=None) -> torch.Tensor:
-        """[N] log-odds that a beats b (pair_logit of the model's outputs)."""
-        return pair_logit(*self.compare_outputs(prompts, responses_a, responses_b, domains), self.mode)
+    def compare_logits(self, prompts, responses_a, responses_b, domains=None, raw=None) -> torch.Tensor:
+        """[N] log-odds that a beats b (pair_logit of the model's outputs; `raw` as compare_outputs takes it)."""
+        return pair_logit(*self.compare_outputs(prompts, responses_a, responses_b, domains, raw), self.mode)
 
     def compare(self, prompts, responses_a, responses_b, domains=None) -> list[float]:
         """Probability that responses_a[i] is better than responses_b[i]."""
